@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One-stop set-up for a fresh machine (CPU profile), then run something.
+#
+#   bash deploy/setup.sh demo     # install, then run the main job on the embedded default
+#   bash deploy/setup.sh test     # install, then lint and run the whole test suite
+#   bash deploy/setup.sh install  # install only
+#
+# Installs into the active virtualenv if there is one, else into .venv at the repository root.
+# Installs missing system packages with apt-get (tesseract for OCR) when run as root or with sudo.
+# Re-running is cheap: the pip step is skipped while pyproject.toml is unchanged.
+#
+# Knobs: PYTHON (interpreter for the new venv, default python3.11 or python3),
+#        TORCH_INDEX_URL (extra index for the CPU torch wheel on machines that do not have it
+#        locally, e.g. https://download.pytorch.org/whl/cpu).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+action="${1:-install}"
+shift || true
+
+log() { printf '\033[1;34m[mmrag setup]\033[0m %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------------------- system packages
+apt_pkgs=()
+command -v tesseract >/dev/null 2>&1 || apt_pkgs+=(tesseract-ocr tesseract-ocr-eng)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
+    sudo_cmd=""
+    [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    log "installing system packages: ${apt_pkgs[*]}"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+  else
+    log "warning: cannot install ${apt_pkgs[*]} (no apt-get or no root); OCR will be unavailable"
+  fi
+fi
+
+# ------------------------------------------------------------------------------------- venv
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+  venv="$VIRTUAL_ENV"
+  log "using the active virtualenv $venv"
+else
+  venv="$root/.venv"
+  if [ ! -x "$venv/bin/python" ]; then
+    py="${PYTHON:-}"
+    if [ -z "$py" ]; then
+      if command -v python3.11 >/dev/null 2>&1; then py=python3.11; else py=python3; fi
+    fi
+    log "creating $venv with $($py --version 2>&1)"
+    "$py" -m venv "$venv"
+  fi
+fi
+python="$venv/bin/python"
+
+stamp="$venv/.mmrag-install-stamp"
+want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag, vllm, colpali_engine" 2>/dev/null; then
+  log "installing Python packages (CPU profile; a few minutes the first time)"
+  "$python" -m pip install -q --upgrade pip
+  # The CPU build of torch first and alone: with it present, nothing below pulls a CUDA build.
+  torch_args=()
+  [ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--extra-index-url "$TORCH_INDEX_URL")
+  "$python" -m pip install -q "${torch_args[@]}" "torch==2.13.0"
+  "$python" -m pip install -q "${torch_args[@]}" -e ".[cpu,dev]"
+  echo "$want" > "$stamp"
+else
+  log "Python packages up to date"
+fi
+
+export PATH="$venv/bin:$PATH"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+
+case "$action" in
+  install) log "done: activate with 'source $venv/bin/activate'" ;;
+  demo) exec "$venv/bin/mmrag" demo "$@" ;;
+  test)
+    log "lint: ruff check + ruff format --check"
+    "$venv/bin/ruff" check services tests benchmarks
+    "$venv/bin/ruff" format --check services tests benchmarks
+    log "tests: pytest (unit, then integration)"
+    exec "$python" -m pytest "$@"
+    ;;
+  *) echo "usage: bash deploy/setup.sh [install|demo|test] [args...]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,9 @@
+"""Imported by the ``mmrag_torch_compat.pth`` file at interpreter start: installs the shim.
+
+Kept free of heavy imports: it runs in every Python process of the venv (Ray workers, vLLM's
+engine core and helper subprocesses included), and costs well under a millisecond.
+"""
+
+from mmrag.compat.torch_compat import install
+
+install()

@@ -1,0 +1,411 @@
+"""The one config tree of mmrag.
+
+Every part of the system is configured from :class:`MmragConfig`. Profiles are YAML files in
+``deploy/`` (``local-cpu``, ``gpu``); a Serve config's ``args:`` block and a RayService's
+``serveConfigV2`` hold the same tree. Unknown keys are errors (``extra="forbid"``) so a typo in
+a YAML file never silently falls back to a default.
+
+Strings in path-like fields may use ``~`` and ``${ENV_VAR}``; ``${MMRAG_HOME}`` defaults to
+:func:`mmrag.constants.mmrag_home`. A model reference ``tiny:<name>`` means the locally built
+random-weight checkpoint ``<models.tiny_dir>/<name>`` (see ``mmrag models build-tiny``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmrag import constants
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+AttnImpl = Literal["eager", "sdpa", "flash_attention_2"]
+SearchMode = Literal["visual", "text", "hybrid"]
+RerankerKind = Literal["maxsim", "text-cross-encoder", "none"]
+
+TINY_PREFIX = "tiny:"
+TINY_RETRIEVER = "colqwen2"
+TINY_GENERATOR = "qwen2-vl"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+def expand_path(value: str) -> str:
+    """Expand ``~`` and ``${VAR}``; ``MMRAG_HOME`` falls back to the default state directory."""
+    env = dict(os.environ)
+    env.setdefault(constants.ENV_HOME, str(constants.mmrag_home()))
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            raise ValueError(f"environment variable ${{{name}}} used in {value!r} is not set")
+        return env[name]
+
+    out = re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, value)
+    return os.path.expanduser(out) if "://" not in out else out
+
+
+# --------------------------------------------------------------------------------------- store
+class StoreConfig(_Strict):
+    """Where the LanceDB tables live."""
+
+    uri: str = Field(
+        default="${MMRAG_HOME}/lancedb",
+        description="LanceDB URI: a local directory, or an object-store URI (s3://, gs://, az://) "
+        "that every ingestion worker and serving replica can reach.",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object-store options passed to lancedb.connect (region, endpoint, ...). "
+        "Keep credentials in the environment, not here.",
+    )
+    default_collection: str = Field(
+        default="default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Collection used when a request or ingest names none.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return expand_path(v)
+
+
+# -------------------------------------------------------------------------------------- models
+class ModelSource(_Strict):
+    """A model to load with ``from_pretrained``: a hub id, a local path, or ``tiny:<name>``."""
+
+    model: str = Field(description="Hugging Face model id, local directory, or tiny:<name>.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    dtype: Dtype = Field(default="auto", description="Weights dtype; auto picks bfloat16 on GPU, float32 on CPU.")
+    device: Device = Field(default="auto", description="Where the model runs; auto picks cuda when present.")
+
+
+class RetrieverModelConfig(ModelSource):
+    """The ColPali-family late-interaction encoder (colpali-engine)."""
+
+    model: str = Field(default=f"{TINY_PREFIX}{TINY_RETRIEVER}", description="ColQwen2/ColQwen2.5 id or path.")
+    family: Literal["colqwen2", "colqwen2_5"] = Field(
+        default="colqwen2", description="colpali-engine model class to load the checkpoint with."
+    )
+    attn_implementation: AttnImpl = Field(
+        default="eager",
+        description="Attention kernel. eager is the safe CPU choice (sdpa gave NaN for left-padded "
+        "queries on CPU); flash_attention_2 on GPUs that have it.",
+    )
+    max_image_pixels: int = Field(
+        default=64 * 28 * 28,
+        ge=4 * 28 * 28,
+        description="Upper bound on pixels per image fed to the encoder (sets the visual token count).",
+    )
+
+
+class GeneratorModelConfig(ModelSource):
+    """The vision-language generator served by vLLM."""
+
+    model: str = Field(default=f"{TINY_PREFIX}{TINY_GENERATOR}", description="Qwen2-VL/Qwen2.5-VL id or path.")
+    served_model_name: str = Field(default="mmrag", description="Model name the OpenAI-compatible API reports.")
+    max_model_len: int = Field(default=1024, ge=128, description="Context length given to vLLM.")
+    max_images_per_prompt: int = Field(default=4, ge=0, le=64, description="Images placed in one prompt.")
+    image_max_pixels: int = Field(default=64 * 28 * 28, ge=4 * 28 * 28, description="Pixels per prompt image.")
+    max_tokens: int = Field(default=64, ge=1, description="Default answer length in tokens.")
+    enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / torch.compile (fast start).")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine (tensor parallel).")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM GPU memory share.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments, passed through unchanged."
+    )
+
+
+class ModelsConfig(_Strict):
+    """Models used by ingestion and serving."""
+
+    tiny_dir: str = Field(
+        default="${MMRAG_HOME}/models/tiny",
+        description="Where `mmrag models build-tiny` writes the random-weight checkpoints.",
+    )
+    retriever: RetrieverModelConfig = Field(default_factory=RetrieverModelConfig, description="Encoder.")
+    generator: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="VLM.")
+
+    @field_validator("tiny_dir")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return expand_path(v)
+
+    def resolve(self, ref: str) -> str:
+        """Turn ``tiny:<name>`` into its directory; other references are returned expanded."""
+        if ref.startswith(TINY_PREFIX):
+            return str(Path(self.tiny_dir) / ref[len(TINY_PREFIX) :])
+        return expand_path(ref) if ref.startswith(("~", "$", "/", ".")) else ref
+
+    def uses_tiny(self) -> bool:
+        return any(m.model.startswith(TINY_PREFIX) for m in (self.retriever, self.generator))
+
+
+# -------------------------------------------------------------------------------------- ingest
+class StageResources(_Strict):
+    """Where a Ray Data stage runs and how wide."""
+
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per task/actor.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per actor (embedding on GPU).")
+    concurrency: int = Field(default=1, ge=1, description="Number of actors (or max parallel tasks).")
+    batch_size: int = Field(default=4, ge=1, description="Rows per batch handed to the stage.")
+
+
+class IngestConfig(_Strict):
+    """Turning files into rows: rendering, sampling, OCR, embedding."""
+
+    dpi: int = Field(default=144, ge=36, le=600, description="PDF render resolution.")
+    max_pixels: int = Field(
+        default=4_000_000,
+        ge=10_000,
+        description="Cap on pixels of any rendered page or loaded image; larger ones are scaled down "
+        "before rendering so a giant MediaBox never allocates gigabytes.",
+    )
+    thumbnail_px: int = Field(default=256, ge=32, le=2048, description="Longest side of stored thumbnails.")
+    max_file_bytes: int = Field(default=2 * 1024**3, ge=1, description="Files larger than this are rejected.")
+    max_pages: int = Field(default=5000, ge=1, description="Pages beyond this in one PDF are reported, not read.")
+    clip_seconds: float = Field(default=10.0, gt=0, description="Video clip length.")
+    clip_overlap_seconds: float = Field(default=0.0, ge=0, description="Overlap between consecutive clips.")
+    frames_per_clip: int = Field(default=4, ge=1, le=64, description="Frames sampled uniformly per clip.")
+    ocr: Literal["auto", "always", "never"] = Field(
+        default="auto", description="auto: OCR pages without a text layer, images and keyframes."
+    )
+    ocr_lang: str = Field(default="eng", description="Tesseract language(s), e.g. eng+deu.")
+    token_pooling_factor: int = Field(
+        default=1, ge=1, description="colpali-engine hierarchical token pooling factor (1 = off)."
+    )
+    read: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=1, concurrency=2, batch_size=1),
+        description="Decoding stage (render pages, sample frames).",
+    )
+    embed: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=1, concurrency=1, batch_size=4),
+        description="Embedding stage (the encoder actors).",
+    )
+
+    @model_validator(mode="after")
+    def _overlap(self) -> IngestConfig:
+        if self.clip_overlap_seconds >= self.clip_seconds:
+            raise ValueError(
+                f"ingest.clip_overlap_seconds ({self.clip_overlap_seconds}) must be smaller than "
+                f"ingest.clip_seconds ({self.clip_seconds}); lower the overlap or lengthen the clips"
+            )
+        return self
+
+
+# ------------------------------------------------------------------------------------- serving
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling for one deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(default=8, gt=0, description="Requests per replica to aim for.")
+    upscale_delay_s: float = Field(default=10, ge=0, description="Seconds of sustained load before scaling up.")
+    downscale_delay_s: float = Field(default=300, ge=0, description="Seconds of low load before scaling down.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) exceeds max_replicas "
+                f"({self.max_replicas}); raise max_replicas or lower min_replicas"
+            )
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """Replicas and resources of one Serve deployment."""
+
+    num_replicas: int | None = Field(
+        default=1, ge=1, description="Fixed replica count; null to use autoscaling instead."
+    )
+    autoscaling: AutoscalingConfig | None = Field(
+        default=None, description="Autoscaling bounds; used when num_replicas is null."
+    )
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs per replica (fractions allowed).")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    memory_bytes: int | None = Field(default=None, ge=0, description="Memory reserved per replica.")
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests in flight per replica.")
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentConfig:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                "set either num_replicas (fixed) or autoscaling, not both; "
+                "use num_replicas: null with an autoscaling block to autoscale"
+            )
+        if self.num_replicas is None and self.autoscaling is None:
+            raise ValueError("num_replicas is null but no autoscaling block is given; set one of them")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes:
+            actor["memory"] = self.memory_bytes
+        opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class RetrieverConfig(DeploymentConfig):
+    """Query encoding and first-stage search."""
+
+    batch_max_size: int = Field(default=16, ge=1, description="Queries encoded together (@serve.batch).")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="Wait to fill a batch.")
+    default_mode: SearchMode = Field(default="hybrid", description="Search mode when a request names none.")
+    first_stage_k: int = Field(default=200, ge=1, description="Candidates from the fast first stage.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid mode.")
+    text_weight: float = Field(default=0.3, ge=0, le=1, description="Weight of the text ranking in hybrid.")
+
+
+class RerankerConfig(DeploymentConfig):
+    """Re-scoring of candidates."""
+
+    kind: RerankerKind = Field(default="maxsim", description="Reranker implementation.")
+    candidates: int = Field(default=50, ge=1, description="Candidates re-scored per query.")
+    model: str | None = Field(default=None, description="Model for model-based rerankers (id or path).")
+
+
+class GeneratorConfig(DeploymentConfig):
+    """The vLLM generator deployment."""
+
+    engine: Literal["vllm", "echo"] = Field(
+        default="vllm", description="vllm for real serving; echo is the deterministic debug engine."
+    )
+
+
+class ServerConfig(_Strict):
+    """The HTTP front door."""
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP proxy binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the app.")
+    max_query_chars: int = Field(default=4096, ge=1, description="Longest accepted query.")
+    max_k: int = Field(default=100, ge=1, description="Largest k a request may ask for.")
+
+
+class MmragConfig(_Strict):
+    """Root of the config tree."""
+
+    profile: str = Field(default="custom", description="Name of the profile this config came from.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="LanceDB location.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Encoder and generator.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingestion pipeline.")
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig, description="Retriever deployment.")
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Reranker deployment.")
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator deployment.")
+    gateway: DeploymentConfig = Field(default_factory=DeploymentConfig, description="HTTP ingress deployment.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
+
+
+# ------------------------------------------------------------------------------------- loading
+class ConfigError(ValueError):
+    """A config that does not validate; the message names each bad field and what to do."""
+
+
+def profiles_dir() -> Path:
+    """Where named profiles live: deploy/profiles in a checkout, mmrag/_profiles in a wheel."""
+    packaged = Path(__file__).resolve().parent / "_profiles"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "deploy" / "profiles"
+
+
+def profile_path(profile: str) -> Path:
+    """Resolve a profile name (``local-cpu``) or a YAML path to a file."""
+    p = Path(profile).expanduser()
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = profiles_dir() / f"{profile}.yaml"
+    if not candidate.is_file():
+        known = sorted(x.stem for x in profiles_dir().glob("*.yaml"))
+        raise ConfigError(f"unknown profile {profile!r}; known profiles: {', '.join(known)} (or pass a YAML path)")
+    return candidate
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid mmrag config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against `mmrag config schema`"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Collect ``MMRAG_<SECTION>__<FIELD>=value`` overrides as a nested dict (values parsed as YAML)."""
+    environ = dict(os.environ) if environ is None else environ
+    sections = set(MmragConfig.model_fields)
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(constants.ENV_PREFIX) or name in constants.RESERVED_ENV:
+            continue
+        path = [p.lower() for p in name[len(constants.ENV_PREFIX) :].split("__")]
+        if path[0] not in sections:
+            raise ConfigError(
+                f"environment variable {name} is not an mmrag setting: config overrides look like "
+                f"MMRAG_<SECTION>__<FIELD> with SECTION one of {', '.join(sorted(sections))}; "
+                f"other knobs are {', '.join(sorted(constants.RESERVED_ENV))}"
+            )
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def build_config(data: dict[str, Any] | None = None, *, source: str = "arguments") -> MmragConfig:
+    """Validate a config dict, turning pydantic's error into one that names fields and fixes."""
+    try:
+        return MmragConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from e
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    use_env: bool = True,
+) -> MmragConfig:
+    """Load a profile (name or path), apply env overrides, then explicit overrides."""
+    profile = profile or os.environ.get(constants.ENV_PROFILE) or constants.DEFAULT_PROFILE
+    path = profile_path(profile)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, found {type(data).__name__}")
+    data.setdefault("profile", path.stem)
+    if use_env:
+        data = _deep_merge(data, env_overrides())
+    if overrides:
+        data = _deep_merge(data, overrides)
+    return build_config(data, source=str(path))

@@ -1,0 +1,41 @@
+"""Every environment knob mmrag reads, in one place, all under the ``MMRAG_`` prefix.
+
+Config values are overridden with ``MMRAG_<SECTION>__<FIELD>[__<FIELD>...]`` (see
+:mod:`mmrag.config`); the names below are the only other ``MMRAG_`` variables, and any
+``MMRAG_`` variable that is neither is rejected so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_PREFIX = "MMRAG_"
+
+#: Root of mmrag's local state (tiny checkpoints, the embedded LanceDB, run outputs).
+ENV_HOME = "MMRAG_HOME"
+#: Profile used when none is given on the command line (a name in deploy/ or a YAML path).
+ENV_PROFILE = "MMRAG_PROFILE"
+#: Log level for mmrag's own loggers.
+ENV_LOG_LEVEL = "MMRAG_LOG_LEVEL"
+#: Set to "0" to leave the torchvision/torchaudio compatibility shim off (see mmrag.compat).
+ENV_TORCH_COMPAT = "MMRAG_TORCH_COMPAT"
+
+RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT})
+
+DEFAULT_PROFILE = "local-cpu"
+
+#: Stable application and deployment names: Serve YAML overrides refer to these.
+APP_NAME = "mmrag"
+RETRIEVER_DEPLOYMENT = "Retriever"
+RERANKER_DEPLOYMENT = "Reranker"
+GENERATOR_DEPLOYMENT = "Generator"
+GATEWAY_DEPLOYMENT = "Gateway"
+
+
+def mmrag_home() -> Path:
+    """The state directory: ``$MMRAG_HOME``, else ``$XDG_CACHE_HOME/mmrag``, else ``~/.cache/mmrag``."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return (Path(base) / "mmrag").resolve()

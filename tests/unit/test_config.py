@@ -1,0 +1,119 @@
+"""The config tree: profiles load, typos are errors that name the field, env overrides apply."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from mmrag import config as C
+
+pytestmark = pytest.mark.unit
+
+
+def _walk_fields(model: type[C.BaseModel], prefix: str = ""):
+    for name, field in model.model_fields.items():
+        yield f"{prefix}{name}", field
+        ann = field.annotation
+        for sub in (*getattr(ann, "__args__", ()), ann):
+            if isinstance(sub, type) and issubclass(sub, C.BaseModel):
+                yield from _walk_fields(sub, f"{prefix}{name}.")
+
+
+@pytest.mark.parametrize("profile", ["local-cpu", "gpu"])
+def test_profiles_validate(profile: str) -> None:
+    cfg = C.load_config(profile)
+    assert cfg.profile == profile
+    # the dumped config round-trips through validation unchanged
+    assert C.build_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_local_cpu_fits_two_cores() -> None:
+    cfg = C.load_config("local-cpu")
+    serving = [cfg.retriever, cfg.reranker, cfg.generator, cfg.gateway]
+    assert sum(d.num_cpus * (d.num_replicas or 1) for d in serving) <= 1.5
+    assert all(d.num_gpus == 0 for d in serving)
+    assert cfg.models.uses_tiny()
+    assert cfg.models.retriever.attn_implementation == "eager"
+
+
+def test_gpu_profile_uses_real_models_and_gpus() -> None:
+    cfg = C.load_config("gpu")
+    assert not cfg.models.uses_tiny()
+    assert "colqwen2.5" in cfg.models.retriever.model
+    assert "Qwen2.5-VL" in cfg.models.generator.model
+    assert cfg.generator.num_gpus >= 1
+    for dep in (cfg.retriever, cfg.reranker, cfg.generator, cfg.gateway):
+        assert dep.num_replicas is None and dep.autoscaling is not None
+        opts = dep.serve_options()
+        assert "autoscaling_config" in opts and "num_replicas" not in opts
+
+
+def test_every_field_has_a_description() -> None:
+    missing = [path for path, f in _walk_fields(C.MmragConfig) if not f.description]
+    assert missing == []
+
+
+def test_unknown_key_names_the_field(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"retriever": {"num_cpu": 1}}))
+    with pytest.raises(C.ConfigError) as e:
+        C.load_config(str(bad))
+    assert "retriever.num_cpu" in str(e.value)
+    assert "unknown field" in str(e.value)
+
+
+def test_cross_field_rules_say_what_to_fix() -> None:
+    with pytest.raises(C.ConfigError, match="clip_overlap_seconds"):
+        C.build_config({"ingest": {"clip_seconds": 2, "clip_overlap_seconds": 3}})
+    with pytest.raises(C.ConfigError, match="either num_replicas"):
+        C.build_config({"retriever": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}})
+    with pytest.raises(C.ConfigError, match="min_replicas"):
+        C.build_config({"retriever": {"num_replicas": None, "autoscaling": {"min_replicas": 5, "max_replicas": 2}}})
+
+
+def test_env_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("MMRAG_RETRIEVER__NUM_REPLICAS", "3")
+    monkeypatch.setenv("MMRAG_STORE__URI", str(tmp_path / "db"))
+    monkeypatch.setenv("MMRAG_INGEST__READ__CONCURRENCY", "7")
+    cfg = C.load_config("local-cpu")
+    assert cfg.retriever.num_replicas == 3
+    assert cfg.store.uri == str(tmp_path / "db")
+    assert cfg.ingest.read.concurrency == 7
+
+
+def test_env_typo_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMRAG_RETRIVER__NUM_REPLICAS", "3")
+    with pytest.raises(C.ConfigError, match="MMRAG_RETRIVER__NUM_REPLICAS is not an mmrag setting"):
+        C.load_config("local-cpu")
+    monkeypatch.delenv("MMRAG_RETRIVER__NUM_REPLICAS")
+    monkeypatch.setenv("MMRAG_RETRIEVER__NUM_REPLICA", "3")
+    with pytest.raises(C.ConfigError, match=r"retriever\.num_replica"):
+        C.load_config("local-cpu")
+
+
+def test_paths_expand_home_and_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("MMRAG_HOME", str(tmp_path))
+    cfg = C.load_config("local-cpu")
+    assert cfg.store.uri == f"{tmp_path}/lancedb"
+    assert cfg.models.resolve("tiny:colqwen2") == f"{tmp_path}/models/tiny/colqwen2"
+    assert cfg.models.resolve("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    # object-store URIs are left alone
+    assert C.StoreConfig(uri="s3://bucket/x").uri == "s3://bucket/x"
+
+
+def test_unset_env_var_in_path_is_an_error() -> None:
+    with pytest.raises(C.ConfigError, match=r"\$\{NOT_SET_ANYWHERE\}"):
+        C.build_config({"store": {"uri": "${NOT_SET_ANYWHERE}/db"}})
+
+
+def test_unknown_profile_lists_known_ones() -> None:
+    with pytest.raises(C.ConfigError, match=r"known profiles: .*gpu.*local-cpu"):
+        C.load_config("nope")
+
+
+def test_schema_is_json() -> None:
+    schema = C.MmragConfig.model_json_schema()
+    json.dumps(schema)
+    assert schema["additionalProperties"] is False
