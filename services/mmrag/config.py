@@ -170,6 +170,11 @@ class IngestConfig(_Strict):
         "before rendering so a giant MediaBox never allocates gigabytes.",
     )
     thumbnail_px: int = Field(default=256, ge=32, le=2048, description="Longest side of stored thumbnails.")
+    stored_image_pixels: int = Field(
+        default=1_000_000,
+        ge=10_000,
+        description="Pixels of the page/image/frame JPEGs kept in the store for the generator to look at.",
+    )
     max_file_bytes: int = Field(default=2 * 1024**3, ge=1, description="Files larger than this are rejected.")
     max_pages: int = Field(default=5000, ge=1, description="Pages beyond this in one PDF are reported, not read.")
     clip_seconds: float = Field(default=10.0, gt=0, description="Video clip length.")

@@ -1,0 +1,281 @@
+"""Access to an mmrag store in LanceDB: writing documents kill-safely, deleting, describing.
+
+Write protocol (what makes ``mmrag ingest`` idempotent and safe to kill at any point):
+
+1. A document's new rows are appended with ``visible = false``; leftovers of an earlier killed
+   attempt at the same version are deleted first (:meth:`LanceStore.begin_documents`).
+2. When all of a document's rows are written (:meth:`LanceStore.finish_documents`) its new rows
+   are made visible, the rows of older versions are deleted, and only then is its ``documents``
+   row written. A kill before step 2 leaves the old version searchable and the new rows invisible;
+   the next run redoes the document. Nothing already stored is lost.
+
+Filters are built with LanceDB's typed expression builder (``lancedb.expr``), which quotes every
+literal: no user text is ever spliced into SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from mmrag.store import schema as S
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class FinishedDocument:
+    """What the pipeline knows about a document once all of its rows are written."""
+
+    collection: str
+    source_uri: str
+    content_hash: str
+    kind: str
+    n_items: int
+    n_errors: int
+    model_id: str
+
+
+class StoreError(ValueError):
+    """The store cannot do what was asked; the message says why and what to do."""
+
+
+class LanceStore:
+    """An mmrag store at one LanceDB URI (local directory or object store)."""
+
+    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None) -> None:
+        import lancedb
+
+        self.uri = uri
+        self._db = lancedb.connect(uri, storage_options=storage_options or None)
+        self._tables: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, store_cfg: Any) -> LanceStore:
+        return cls(store_cfg.uri, storage_options=store_cfg.storage_options)
+
+    # ------------------------------------------------------------------------------ tables
+    def _names(self) -> set[str]:
+        return set(self._db.table_names())
+
+    def has_items(self) -> bool:
+        return S.ITEMS in self._names()
+
+    def table(self, name: str) -> Any:
+        if name not in self._tables:
+            if name not in self._names():
+                raise StoreError(f"the store at {self.uri} has no table {name!r}; ingest something first")
+            self._tables[name] = self._db.open_table(name)
+        return self._tables[name]
+
+    def items_dim(self) -> int | None:
+        if not self.has_items():
+            return None
+        return self.table(S.ITEMS).schema.field("pooled").type.list_size
+
+    def ensure_tables(self, dim: int) -> None:
+        """Create the tables for ``dim``-dimensional vectors, or check the existing ones match."""
+        names = self._names()
+        if S.ITEMS in names:
+            have = self.items_dim()
+            if have != dim:
+                raise StoreError(
+                    f"the store at {self.uri} holds {have}-dimensional vectors but the configured encoder "
+                    f"makes {dim}-dimensional ones; use another store URI (store.uri) for this model"
+                )
+        else:
+            self._db.create_table(S.ITEMS, schema=S.items_schema(dim), exist_ok=True)
+        if S.DOCUMENTS not in names:
+            self._db.create_table(S.DOCUMENTS, schema=S.DOCUMENTS_SCHEMA, exist_ok=True)
+        if S.ERRORS not in names:
+            self._db.create_table(S.ERRORS, schema=S.ERRORS_SCHEMA, exist_ok=True)
+        self._tables.clear()
+
+    # ------------------------------------------------------------------------------ reading
+    def current_hashes(self, collection: str, source_uris: Sequence[str]) -> dict[str, str]:
+        """source_uri -> content hash of its finished version, for those that have one."""
+        from lancedb.expr import col, lit
+
+        if S.DOCUMENTS not in self._names() or not source_uris:
+            return {}
+        out: dict[str, str] = {}
+        tbl = self.table(S.DOCUMENTS)
+        ids = [S.doc_id(collection, u) for u in source_uris]
+        for chunk in _chunks(ids, 500):
+            where = ((col("collection") == lit(collection)) & col("doc_id").isin(chunk)).to_sql()
+            rows = tbl.search().where(where).select(["source_uri", "content_hash"]).limit(None).to_list()
+            out.update({r["source_uri"]: r["content_hash"] for r in rows})
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per collection and modality (searchable rows only), documents and errors."""
+        out: dict[str, Any] = {"uri": self.uri, "collections": {}}
+        if not self.has_items():
+            return out
+        counts = (
+            self.table(S.ITEMS)
+            .search()
+            .where("visible = true")
+            .select(["collection", "modality"])
+            .limit(None)
+            .to_arrow()
+            .group_by(["collection", "modality"])
+            .aggregate([("modality", "count")])
+        )
+        for r in counts.to_pylist():
+            c = out["collections"].setdefault(r["collection"], {"items": {}, "documents": 0, "errors": 0})
+            c["items"][r["modality"]] = r["modality_count"]
+        for name, key in ((S.DOCUMENTS, "documents"), (S.ERRORS, "errors")):
+            tbl = self.table(name).to_arrow().select(["collection"])
+            for r in tbl.group_by("collection").aggregate([("collection", "count")]).to_pylist():
+                c = out["collections"].setdefault(r["collection"], {"items": {}, "documents": 0, "errors": 0})
+                c[key] = r["collection_count"]
+        return out
+
+    def documents(self, collection: str | None = None) -> list[dict[str, Any]]:
+        from lancedb.expr import col, lit
+
+        if S.DOCUMENTS not in self._names():
+            return []
+        q = self.table(S.DOCUMENTS).search()
+        if collection is not None:
+            q = q.where((col("collection") == lit(collection)).to_sql())
+        return q.limit(None).to_list()
+
+    def errors(self, collection: str | None = None) -> list[dict[str, Any]]:
+        from lancedb.expr import col, lit
+
+        if S.ERRORS not in self._names():
+            return []
+        q = self.table(S.ERRORS).search()
+        if collection is not None:
+            q = q.where((col("collection") == lit(collection)).to_sql())
+        return q.limit(None).to_list()
+
+    def count_items(self, collection: str | None = None, *, visible_only: bool = True) -> int:
+        from lancedb.expr import col, lit
+
+        if not self.has_items():
+            return 0
+        conds = []
+        if visible_only:
+            conds.append(col("visible") == lit(True))
+        if collection is not None:
+            conds.append(col("collection") == lit(collection))
+        where = _and(conds)
+        return self.table(S.ITEMS).count_rows(where.to_sql() if where is not None else None)
+
+    # ------------------------------------------------------------------------------ writing
+    def begin_documents(self, collection: str, versions: Iterable[tuple[str, str]]) -> None:
+        """Drop invisible leftovers of killed attempts at these (source_uri, content_hash) versions."""
+        from lancedb.expr import col, lit
+
+        if not self.has_items():
+            return
+        ids = [S.doc_id(collection, uri) for uri, _ in versions]
+        for chunk in _chunks(ids, 500):
+            where = (
+                (col("collection") == lit(collection)) & col("doc_id").isin(chunk) & (col("visible") == lit(False))
+            )
+            self.table(S.ITEMS).delete(where.to_sql())
+
+    def add_items(self, rows: pa.Table) -> None:
+        """Append item rows (written invisible; :meth:`finish_documents` publishes them)."""
+        if rows.num_rows:
+            rows = rows.set_column(
+                rows.schema.get_field_index("visible"), "visible", pa.array([False] * rows.num_rows)
+            )
+            self.table(S.ITEMS).add(rows)
+
+    def add_errors(self, rows: list[dict[str, Any]], run_id: str) -> None:
+        if not rows:
+            return
+        now = _now()
+        data = [
+            {
+                "collection": r["collection"],
+                "source_uri": r["source_uri"],
+                "doc_id": S.doc_id(r["collection"], r["source_uri"]),
+                "content_hash": r.get("content_hash"),
+                "page": r.get("page"),
+                "reason": r["reason"],
+                "run_id": run_id,
+                "at": now,
+            }
+            for r in rows
+        ]
+        self.table(S.ERRORS).add(pa.Table.from_pylist(data, schema=S.ERRORS_SCHEMA))
+
+    def finish_documents(self, docs: Sequence[FinishedDocument]) -> None:
+        """Publish the new version of each document and drop its older versions (see module doc)."""
+        from lancedb.expr import col, lit
+
+        if not docs:
+            return
+        items = self.table(S.ITEMS)
+        for d in docs:
+            did = S.doc_id(d.collection, d.source_uri)
+            mine = (col("collection") == lit(d.collection)) & (col("doc_id") == lit(did))
+            items.update(where=(mine & (col("content_hash") == lit(d.content_hash))).to_sql(), values={"visible": True})
+            items.delete((mine & (col("content_hash") != lit(d.content_hash))).to_sql())
+        ids = [S.doc_id(d.collection, d.source_uri) for d in docs]
+        documents = self.table(S.DOCUMENTS)
+        for chunk in _chunks(ids, 500):
+            documents.delete(col("doc_id").isin(chunk).to_sql())
+        now = _now()
+        documents.add(
+            pa.Table.from_pylist(
+                [
+                    {
+                        "doc_id": S.doc_id(d.collection, d.source_uri),
+                        "collection": d.collection,
+                        "source_uri": d.source_uri,
+                        "content_hash": d.content_hash,
+                        "kind": d.kind,
+                        "n_items": d.n_items,
+                        "n_errors": d.n_errors,
+                        "model_id": d.model_id,
+                        "ingested_at": now,
+                    }
+                    for d in docs
+                ],
+                schema=S.DOCUMENTS_SCHEMA,
+            )
+        )
+
+    def delete_document(self, collection: str, source_uri: str) -> int:
+        """Delete a document's rows everywhere; returns how many items were removed."""
+        from lancedb.expr import col, lit
+
+        if not self.has_items():
+            return 0
+        did = S.doc_id(collection, source_uri)
+        where = ((col("collection") == lit(collection)) & (col("doc_id") == lit(did))).to_sql()
+        n = self.table(S.ITEMS).count_rows(where)
+        self.table(S.ITEMS).delete(where)
+        self.table(S.DOCUMENTS).delete(where)
+        self.table(S.ERRORS).delete(where)
+        return n
+
+    def refresh_text_index(self) -> None:
+        """(Re)build the full-text index over ``text`` (takes ~0.1 s per few thousand rows)."""
+        if self.has_items() and self.count_items(visible_only=False):
+            self.table(S.ITEMS).create_fts_index("text", replace=True)
+
+
+def _and(conds: list[Any]) -> Any:
+    out = None
+    for c in conds:
+        out = c if out is None else out & c
+    return out
+
+
+def _chunks(seq: Sequence[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(seq), n):
+        yield list(seq[i : i + n])

@@ -1,0 +1,123 @@
+"""The LanceDB schema of an mmrag store.
+
+Three tables:
+
+``items``
+    One row per searchable unit: a PDF page, an image, or a video clip.
+
+    ========================  =========================================================================
+    ``id``                    stable id: hash of (collection, source_uri, content_hash, modality, index)
+    ``collection``            user-chosen namespace; every query is scoped to one
+    ``doc_id``                hash of (collection, source_uri): the document a row belongs to
+    ``source_uri``            where the file was read from (absolute path or object-store URI)
+    ``content_hash``          sha256 of the file's bytes: a changed file gets new rows
+    ``modality``              ``page`` | ``image`` | ``clip``
+    ``page``                  1-based page number (pages), else null
+    ``start_s`` / ``end_s``   clip bounds in seconds (clips), else null
+    ``frame_ts``              timestamps (s) of the frames a clip was embedded from
+    ``text``                  text layer, or OCR text (``text_source`` says which)
+    ``thumbnail``             PNG bytes: page/image thumbnail or the clip's keyframe
+    ``image``                 JPEG of the page / image / keyframe at ``ingest.stored_image_pixels``:
+                              what the generator is shown
+    ``frames``                JPEGs of a clip's sampled frames (clips), else null
+    ``width`` / ``height``    pixels of the rendered page / image / frames
+    ``multivector``           late-interaction embedding, one ``dim``-vector per token
+    ``pooled``                mean of the multivector, L2-normalised: first-stage search
+    ``n_tokens``              rows of ``multivector``
+    ``model_id`` / ``model_revision``  the encoder that made the vectors
+    ``ingested_at``           UTC time the row was written
+    ``visible``               false while its document is still being written (kill-safe ingest)
+    ========================  =========================================================================
+
+``documents``
+    One row per (collection, source_uri) whose ingestion finished: the content hash, item and error
+    counts. A file whose hash matches a finished row is skipped on re-ingest.
+
+``ingest_errors``
+    One row per file or page that could not be read, with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+ITEMS = "items"
+DOCUMENTS = "documents"
+ERRORS = "ingest_errors"
+
+Modality = str  # "page" | "image" | "clip"
+MODALITIES = ("page", "image", "clip")
+
+
+def items_schema(dim: int) -> pa.Schema:
+    """Schema of the items table for an encoder with ``dim``-dimensional token vectors."""
+    vec = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("collection", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("modality", pa.string(), nullable=False),
+            pa.field("page", pa.int32()),
+            pa.field("start_s", pa.float64()),
+            pa.field("end_s", pa.float64()),
+            pa.field("frame_ts", pa.list_(pa.float64())),
+            pa.field("text", pa.string()),
+            pa.field("text_source", pa.string()),
+            pa.field("thumbnail", pa.binary()),
+            pa.field("image", pa.binary()),
+            pa.field("frames", pa.list_(pa.binary())),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("multivector", pa.list_(vec)),
+            pa.field("pooled", vec),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("model_id", pa.string()),
+            pa.field("model_revision", pa.string()),
+            pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+            pa.field("visible", pa.bool_()),
+        ]
+    )
+
+
+DOCUMENTS_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("kind", pa.string()),
+        pa.field("n_items", pa.int32()),
+        pa.field("n_errors", pa.int32()),
+        pa.field("model_id", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string()),
+        pa.field("content_hash", pa.string()),
+        pa.field("page", pa.int32()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def doc_id(collection: str, source_uri: str) -> str:
+    """Stable id of a document: the same file path in the same collection is the same document."""
+    return hashlib.sha256(f"{collection}\x00{source_uri}".encode()).hexdigest()[:32]
+
+
+def item_id(collection: str, source_uri: str, content_hash: str, modality: str, index: int) -> str:
+    """Stable id of one page / image / clip of one version of a document."""
+    key = f"{collection}\x00{source_uri}\x00{content_hash}\x00{modality}\x00{index}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
