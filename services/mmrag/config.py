@@ -29,6 +29,7 @@ SearchMode = Literal["visual", "text", "hybrid"]
 RerankerKind = Literal["maxsim", "text-cross-encoder", "none"]
 
 TINY_PREFIX = "tiny:"
+COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TINY_RETRIEVER = "colqwen2"
 TINY_GENERATOR = "qwen2-vl"
 
@@ -68,7 +69,7 @@ class StoreConfig(_Strict):
     )
     default_collection: str = Field(
         default="default",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        pattern=COLLECTION_PATTERN,
         description="Collection used when a request or ingest names none.",
     )
 
@@ -104,6 +105,12 @@ class RetrieverModelConfig(ModelSource):
         default=64 * 28 * 28,
         ge=4 * 28 * 28,
         description="Upper bound on pixels per image fed to the encoder (sets the visual token count).",
+    )
+    dim: int = Field(
+        default=128,
+        ge=2,
+        description="Size of the token vectors the encoder outputs (128 for ColPali-family models); "
+        "the store's vector columns are created with it.",
     )
 
 

@@ -136,10 +136,116 @@ def _not_yet(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ingest(ctx: typer.Context) -> None:
-    """Ingest PDFs, images and videos into LanceDB (Ray Data)."""
-    _not_yet("ingest", 3)
+DbOpt = Annotated[str | None, typer.Option("--db", help="LanceDB URI (overrides store.uri).", show_default=False)]
+CollectionOpt = Annotated[
+    str | None, typer.Option("--collection", "-c", help="Collection (default: store.default_collection).")
+]
+
+
+def _with_db(profile: str | None, db: str | None) -> MmragConfig:
+    return _config(profile, {"store": {"uri": db}} if db else None)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files, directories, globs or object-store URIs.")],
+    db: DbOpt = None,
+    collection: CollectionOpt = None,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest PDFs, images and videos into LanceDB (Ray Data). Re-running adds only what changed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mmrag.ingest.pipeline import ingest as run_ingest
+
+    cfg = _with_db(profile, db)
+    columns = [
+        TextColumn("[bold]ingest[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "files · {task.fields[pages]} pages · {task.fields[images]} images · "
+            "{task.fields[clips]} clips · {task.fields[errors]} errors"
+        ),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=as_json, disable=not console.is_terminal and as_json) as bar:
+        task = bar.add_task("ingest", total=None, pages=0, images=0, clips=0, errors=0)
+
+        def on_progress(c: dict[str, int]) -> None:
+            bar.update(
+                task,
+                total=c["files_total"],
+                completed=c["files"],
+                pages=c["pages"],
+                images=c["images"],
+                clips=c["clips"],
+                errors=c["errors"],
+            )
+
+        try:
+            summary = run_ingest(paths, cfg, collection=collection, progress=on_progress)
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from e
+    result = {
+        k: v for k, v in summary.to_dict().items() if k in ("files", "pages", "images", "clips", "skipped", "errors")
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"ingested {summary.files} files into {summary.store} (collection {summary.collection}): "
+            f"{summary.pages} pages, {summary.images} images, {summary.clips} clips; "
+            f"{summary.skipped} unchanged files skipped; {len(summary.errors)} errors; {summary.seconds:.1f} s"
+        )
+        for e in summary.errors:
+            where = f" page {e['page']}" if e.get("page") else ""
+            typer.echo(f"  error: {e['path']}{where}: {e['reason']}")
+    if summary.errors and not summary.files and not summary.skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(db: DbOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what a store holds: items per collection and modality, documents, errors."""
+    from mmrag.store import LanceStore
+
+    cfg = _with_db(profile, db)
+    info = LanceStore.from_config(cfg.store).stats()
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(f"store {info['uri']}")
+    if not info["collections"]:
+        typer.echo("  (empty)")
+    for name, c in sorted(info["collections"].items()):
+        items = ", ".join(f"{n} {m}s" for m, n in sorted(c["items"].items())) or "no items"
+        typer.echo(f"  {name}: {items}; {c['documents']} documents; {c['errors']} errors")
+
+
+@app.command()
+def delete(
+    sources: Annotated[list[str], typer.Argument(help="Source paths/URIs as ingested (local paths are resolved).")],
+    db: DbOpt = None,
+    collection: CollectionOpt = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Delete documents (all their pages/clips, their record and errors) from a collection."""
+    from mmrag.store import LanceStore
+
+    cfg = _with_db(profile, db)
+    store = LanceStore.from_config(cfg.store)
+    coll = collection or cfg.store.default_collection
+    missing = 0
+    for src in sources:
+        uri = src if "://" in src else str(Path(src).expanduser().resolve())
+        n = store.delete_document(coll, uri)
+        typer.echo(f"deleted {uri}: {n} items" if n else f"not in collection {coll}: {uri}")
+        missing += 0 if n else 1
+    if missing:
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

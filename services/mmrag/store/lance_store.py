@@ -180,22 +180,24 @@ class LanceStore:
             return
         ids = [S.doc_id(collection, uri) for uri, _ in versions]
         for chunk in _chunks(ids, 500):
-            where = (
-                (col("collection") == lit(collection)) & col("doc_id").isin(chunk) & (col("visible") == lit(False))
-            )
+            where = (col("collection") == lit(collection)) & col("doc_id").isin(chunk) & (col("visible") == lit(False))
             self.table(S.ITEMS).delete(where.to_sql())
 
     def add_items(self, rows: pa.Table) -> None:
         """Append item rows (written invisible; :meth:`finish_documents` publishes them)."""
         if rows.num_rows:
-            rows = rows.set_column(
-                rows.schema.get_field_index("visible"), "visible", pa.array([False] * rows.num_rows)
-            )
+            rows = rows.set_column(rows.schema.get_field_index("visible"), "visible", pa.array([False] * rows.num_rows))
             self.table(S.ITEMS).add(rows)
 
     def add_errors(self, rows: list[dict[str, Any]], run_id: str) -> None:
+        """Record unreadable files/pages; a document's errors from earlier runs are replaced."""
+        from lancedb.expr import col, lit
+
         if not rows:
             return
+        ids = sorted({S.doc_id(r["collection"], r["source_uri"]) for r in rows})
+        for chunk in _chunks(ids, 500):
+            self.table(S.ERRORS).delete((col("doc_id").isin(chunk) & (col("run_id") != lit(run_id))).to_sql())
         now = _now()
         data = [
             {

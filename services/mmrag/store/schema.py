@@ -40,6 +40,7 @@ Three tables:
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pyarrow as pa
 
@@ -110,6 +111,19 @@ ERRORS_SCHEMA = pa.schema(
         pa.field("at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+
+COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_collection(name: str) -> str:
+    """Collections are plain names: letters, digits, ``_ . -``, at most 64 characters."""
+    if not isinstance(name, str) or not COLLECTION_RE.match(name):
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 def doc_id(collection: str, source_uri: str) -> str:

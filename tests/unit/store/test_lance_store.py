@@ -100,7 +100,7 @@ def test_collections_are_isolated_even_against_injection(store: LanceStore) -> N
 
 
 def test_dimension_mismatch_is_a_clear_error(store: LanceStore) -> None:
-    with pytest.raises(StoreError, match="4-dimensional .* 128-dimensional"):
+    with pytest.raises(StoreError, match=r"4-dimensional .* 128-dimensional"):
         store.ensure_tables(128)
 
 
