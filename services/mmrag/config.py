@@ -67,6 +67,12 @@ class StoreConfig(_Strict):
         description="Object-store options passed to lancedb.connect (region, endpoint, ...). "
         "Keep credentials in the environment, not here.",
     )
+    read_consistency_s: float | None = Field(
+        default=0.0,
+        ge=0,
+        description="How stale a reader's view of a table may get, in seconds: 0 sees every write at once "
+        "(one version check per read); null never re-checks (fastest; reopen to see new data).",
+    )
     default_collection: str = Field(
         default="default",
         pattern=COLLECTION_PATTERN,

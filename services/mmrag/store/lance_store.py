@@ -49,16 +49,27 @@ class StoreError(ValueError):
 class LanceStore:
     """An mmrag store at one LanceDB URI (local directory or object store)."""
 
-    def __init__(self, uri: str, *, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        storage_options: dict[str, str] | None = None,
+        read_consistency_s: float | None = 0.0,
+    ) -> None:
         import lancedb
 
         self.uri = uri
-        self._db = lancedb.connect(uri, storage_options=storage_options or None)
+        interval = None if read_consistency_s is None else dt.timedelta(seconds=read_consistency_s)
+        self._db = lancedb.connect(uri, storage_options=storage_options or None, read_consistency_interval=interval)
         self._tables: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, store_cfg: Any) -> LanceStore:
-        return cls(store_cfg.uri, storage_options=store_cfg.storage_options)
+        return cls(
+            store_cfg.uri,
+            storage_options=store_cfg.storage_options,
+            read_consistency_s=store_cfg.read_consistency_s,
+        )
 
     # ------------------------------------------------------------------------------ tables
     def _names(self) -> set[str]:

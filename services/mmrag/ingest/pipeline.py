@@ -1,0 +1,324 @@
+"""``mmrag ingest`` as a Python API: files in, a searchable LanceDB store out, on Ray Data.
+
+    plan (driver)      expand inputs, hash each file, detect its type by magic bytes, skip files
+                       whose content is already stored, report unreadable inputs
+    ReadStage          render pages / load images / sample clip frames (+ OCR), CPU tasks
+    EmbedStage         ColPali-family encoder actors (GPU actors in the gpu profile)
+    write (driver)     append rows invisible, publish each document once all its rows arrived
+
+The same code runs on a laptop (local Ray) and a cluster (``RAY_ADDRESS``); the store URI must be
+reachable from the driver. See :mod:`mmrag.store.lance_store` for why a kill at any point is safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mmrag.config import MmragConfig
+from mmrag.ingest import readers, sources
+from mmrag.store import FinishedDocument, LanceStore
+from mmrag.store import schema as S
+
+log = logging.getLogger(__name__)
+
+MODALITY_KEYS = {"page": "pages", "image": "images", "clip": "clips"}
+
+
+@dataclass
+class IngestSummary:
+    """What one ingest run did. ``errors`` lists every file or page that could not be read."""
+
+    files: int = 0
+    pages: int = 0
+    images: int = 0
+    clips: int = 0
+    skipped: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    documents: int = 0
+    collection: str = ""
+    store: str = ""
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _DocProgress:
+    source_uri: str
+    content_hash: str
+    kind: str
+    items: int = 0
+    errors: int = 0
+    expected: tuple[int, int] | None = None  # (items, errors) from the "end" row
+
+    def done(self) -> bool:
+        return self.expected is not None and (self.items, self.errors) == self.expected
+
+
+ProgressFn = Callable[[dict[str, int]], None]
+
+
+def plan(
+    inputs: list[str], cfg: MmragConfig, store: LanceStore, collection: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Decide what to read: (tasks, errors, skipped)."""
+    files, problems = sources.expand(inputs)
+    errors = [{"path": p.uri, "reason": p.reason} for p in problems]
+    tasks: list[dict[str, Any]] = []
+    current = store.current_hashes(collection, [f.uri for f in files])
+    skipped = 0
+    for f in files:
+        if f.size == 0:
+            errors.append({"path": f.uri, "reason": "empty file (0 bytes)"})
+            continue
+        if f.size > cfg.ingest.max_file_bytes:
+            errors.append(
+                {
+                    "path": f.uri,
+                    "reason": f"file is {f.size} bytes, over ingest.max_file_bytes ({cfg.ingest.max_file_bytes}); "
+                    "raise the limit to ingest it",
+                }
+            )
+            continue
+        try:
+            digest, head = sources.sha256_and_head(f.uri)
+        except OSError as e:
+            errors.append({"path": f.uri, "reason": f"cannot read file: {e}"})
+            continue
+        if current.get(f.uri) == digest:
+            skipped += 1
+            continue
+        kind = readers.detect_kind(head)
+        if kind is None:
+            errors.append({"path": f.uri, "reason": readers.describe_unknown(head)})
+            continue
+        tasks.append({"collection": collection, "source_uri": f.uri, "content_hash": digest, "doc_kind": kind})
+    return tasks, errors, skipped
+
+
+def _check_ocr(cfg: MmragConfig) -> None:
+    """Fail before any work when OCR is on but misconfigured (bad language, missing language data)."""
+    if cfg.ingest.ocr == "never":
+        return
+    from PIL import Image
+
+    from mmrag.ingest.readers import OcrError, ocr_image
+
+    try:
+        ocr_image(Image.new("RGB", (64, 32), "white"), cfg.ingest.ocr_lang, timeout_s=60)
+    except OcrError as e:
+        raise ValueError(str(e)) from e
+
+
+def _ray_init() -> None:
+    """Join RAY_ADDRESS's cluster if set, else start a local Ray; keep their logs off the terminal."""
+    import warnings
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    with warnings.catch_warnings():
+        # the raylet is started with fork+exec, which is safe for LanceDB's runtime
+        warnings.filterwarnings("ignore", message="lancedb fork support")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def ingest(
+    inputs: list[str],
+    cfg: MmragConfig,
+    *,
+    collection: str | None = None,
+    store: LanceStore | None = None,
+    progress: ProgressFn | None = None,
+) -> IngestSummary:
+    """Ingest files, directories, globs or object-store URIs into the configured store."""
+    import ray
+
+    from mmrag.ingest.stages import EmbedStage, ReadStage
+
+    t_start = time.perf_counter()
+    collection = collection or cfg.store.default_collection
+    S.validate_collection(collection)
+    store = store or LanceStore.from_config(cfg.store)
+    summary = IngestSummary(collection=collection, store=store.uri)
+    run_id = uuid.uuid4().hex[:12]
+    dim = cfg.models.retriever.dim
+    store.ensure_tables(dim)
+
+    if cfg.models.uses_tiny():
+        from mmrag.models.tiny import build_tiny
+
+        build_tiny(cfg.models.tiny_dir)
+
+    _check_ocr(cfg)
+    tasks, plan_errors, skipped = plan(inputs, cfg, store, collection)
+    summary.skipped = skipped
+    summary.errors.extend(plan_errors)
+    if plan_errors:
+        store.add_errors(
+            [{"collection": collection, "source_uri": e["path"], "reason": e["reason"]} for e in plan_errors], run_id
+        )
+    counts = {"files": 0, "files_total": len(tasks), "pages": 0, "images": 0, "clips": 0, "errors": len(plan_errors)}
+    if progress:
+        progress(counts)
+    if not tasks:
+        summary.seconds = time.perf_counter() - t_start
+        return summary
+
+    _ray_init()
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # after ray.data configured its loggers
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+
+    encoder_pixels = cfg.models.retriever.max_image_pixels
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds = ds.map_batches(
+        ReadStage,
+        fn_constructor_kwargs={"ingest_cfg": cfg.ingest.model_dump(), "encoder_pixels": encoder_pixels},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cfg.ingest.read.num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.read.concurrency),
+    )
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={
+            "models_cfg": cfg.models.model_dump(),
+            "token_pooling_factor": cfg.ingest.token_pooling_factor,
+            "batch_size": cfg.ingest.embed.batch_size,
+        },
+        batch_size=cfg.ingest.embed.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.ingest.embed.num_cpus,
+        num_gpus=cfg.ingest.embed.num_gpus or None,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
+    )
+
+    docs = {t["source_uri"]: _DocProgress(t["source_uri"], t["content_hash"], t["doc_kind"]) for t in tasks}
+    store.begin_documents(collection, [(d.source_uri, d.content_hash) for d in docs.values()])
+    stage_s = {"read": 0.0, "embed": 0.0, "write": 0.0}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        t0 = time.perf_counter()
+        items = batch.filter(pc.equal(batch["kind"], "item"))
+        if items.num_rows:
+            got = len(items["pooled"][0])
+            if got != dim:
+                raise ValueError(
+                    f"the encoder {cfg.models.retriever.model} outputs {got}-dimensional vectors but "
+                    f"models.retriever.dim is {dim}; set models.retriever.dim: {got}"
+                )
+            store.add_items(_to_items_table(items, cfg, dim))
+            stage_s["read"] += float(pc.sum(items["read_s"]).as_py() or 0)
+            stage_s["embed"] += float(pc.sum(items["embed_s"]).as_py() or 0)
+        finished: list[_DocProgress] = []
+        for row in batch.select(
+            ["kind", "source_uri", "modality", "page", "reason", "n_items", "n_errors"]
+        ).to_pylist():
+            doc = docs[row["source_uri"]]
+            if row["kind"] == "item":
+                doc.items += 1
+                counts[MODALITY_KEYS[row["modality"]]] += 1
+            elif row["kind"] == "error":
+                doc.errors += 1
+                counts["errors"] += 1
+                err = {"path": doc.source_uri, "reason": row["reason"]}
+                if row["page"] is not None:
+                    err["page"] = row["page"]
+                summary.errors.append(err)
+                _store_errors(store, collection, doc, [err], run_id)
+            else:
+                doc.expected = (row["n_items"], row["n_errors"])
+            if doc.done():
+                finished.append(doc)
+        if finished:
+            store.finish_documents([_finished(collection, d, cfg) for d in finished])
+            for d in finished:
+                counts["files"] += 1
+                summary.documents += 1 if d.items else 0
+        stage_s["write"] += time.perf_counter() - t0
+        if progress:
+            progress(counts)
+
+    never_done = [d for d in docs.values() if not d.done()]
+    for d in never_done:
+        err = {"path": d.source_uri, "reason": "the reader crashed on this file (see the Ray logs); nothing was stored"}
+        summary.errors.append(err)
+        _store_errors(store, collection, d, [err], run_id)
+    store.refresh_text_index()
+    summary.files = counts["files"]
+    summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
+    summary.seconds = time.perf_counter() - t_start
+    summary.stage_seconds = stage_s
+    return summary
+
+
+def _store_errors(
+    store: LanceStore, collection: str, doc: _DocProgress, errs: list[dict[str, Any]], run_id: str
+) -> None:
+    store.add_errors(
+        [
+            {
+                "collection": collection,
+                "source_uri": e["path"],
+                "content_hash": doc.content_hash,
+                "page": e.get("page"),
+                "reason": e["reason"],
+            }
+            for e in errs
+        ],
+        run_id,
+    )
+
+
+def _finished(collection: str, d: _DocProgress, cfg: MmragConfig) -> FinishedDocument:
+    return FinishedDocument(
+        collection=collection,
+        source_uri=d.source_uri,
+        content_hash=d.content_hash,
+        kind=d.kind,
+        n_items=d.items,
+        n_errors=d.errors,
+        model_id=cfg.models.retriever.model,
+    )
+
+
+def _to_items_table(items: pa.Table, cfg: MmragConfig, dim: int) -> pa.Table:
+    n = items.num_rows
+    schema = S.items_schema(dim)
+    now = dt.datetime.now(dt.UTC)
+    colls = items["collection"].to_pylist()
+    uris = items["source_uri"].to_pylist()
+    hashes = items["content_hash"].to_pylist()
+    mods = items["modality"].to_pylist()
+    idx = items["index"].to_pylist()
+    ids = [S.item_id(c, u, h, m, i) for c, u, h, m, i in zip(colls, uris, hashes, mods, idx, strict=True)]
+    cols: dict[str, Any] = {
+        "id": pa.array(ids),
+        "doc_id": pa.array([S.doc_id(c, u) for c, u in zip(colls, uris, strict=True)]),
+        "model_id": pa.array([cfg.models.retriever.model] * n),
+        "model_revision": pa.array([cfg.models.retriever.revision] * n, pa.string()),
+        "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        "visible": pa.array([False] * n),
+    }
+    arrays = []
+    for f in schema:
+        if f.name in cols:
+            arrays.append(cols[f.name])
+        else:
+            arrays.append(items[f.name].cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
