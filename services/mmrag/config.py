@@ -32,6 +32,7 @@ TINY_PREFIX = "tiny:"
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TINY_RETRIEVER = "colqwen2"
 TINY_GENERATOR = "qwen2-vl"
+TINY_CROSS_ENCODER = "cross-encoder"
 
 
 class _Strict(BaseModel):

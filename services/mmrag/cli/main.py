@@ -6,6 +6,7 @@ Python API the tests use; heavy libraries are imported only inside the command t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from importlib import metadata
@@ -248,16 +249,109 @@ def delete(
         raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def search(ctx: typer.Context) -> None:
-    """Search the store in-process: visual, text or hybrid."""
-    _not_yet("search", 4)
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Number of results.")] = 10,
+    mode: Annotated[str | None, typer.Option("--mode", help="visual, text or hybrid (default: profile's).")] = None,
+    db: DbOpt = None,
+    collection: CollectionOpt = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Search through a running server instead of in-process.")
+    ] = None,
+    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Skip the reranker.")] = False,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the store: in-process (no server, no Ray) or through a server with --url."""
+    if mode is not None and mode not in ("visual", "text", "hybrid"):
+        console.print(f"[red]error:[/red] --mode must be visual, text or hybrid, not {mode!r}", highlight=False)
+        raise typer.Exit(2)
+    if url:
+        import httpx
+
+        body = {"query": query, "k": k, "mode": mode, "collection": collection, "rerank": not no_rerank}
+        r = httpx.post(url.rstrip("/") + "/v1/search", json={k2: v for k2, v in body.items() if v is not None})
+        if r.status_code != 200:
+            console.print(f"[red]error {r.status_code}:[/red] {r.text}", highlight=False)
+            raise typer.Exit(1)
+        results = [
+            {
+                "id": h["id"],
+                "source": h["source"],
+                "page": h["page"],
+                "start_s": h["start_s"],
+                "end_s": h["end_s"],
+                "modality": h["modality"],
+                "score": h["score"],
+            }
+            for h in r.json()["results"]
+        ]
+    else:
+        from mmrag.search import LocalSearcher
+
+        cfg = _with_db(profile, db)
+        try:
+            searcher = LocalSearcher(cfg)
+            hits = searcher.search(query, k=k, collection=collection, mode=mode, rerank=not no_rerank)
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from e
+        results = [
+            {
+                "id": h["id"],
+                "source": h["source_uri"],
+                "page": h.get("page"),
+                "start_s": h.get("start_s"),
+                "end_s": h.get("end_s"),
+                "modality": h["modality"],
+                "score": h["score"],
+            }
+            for h in hits
+        ]
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    for i, h in enumerate(results, 1):
+        where = f"p.{h['page']}" if h["page"] else ""
+        if h["start_s"] is not None:
+            where = f"{h['start_s']:.1f}-{h['end_s']:.1f}s"
+        typer.echo(f"{i:3}. {h['score']:9.4f}  {h['modality']:5} {where:>12}  {h['source']}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def serve(ctx: typer.Context) -> None:
-    """Start the Serve application (retriever, reranker, generator, gateway) on Ray."""
-    _not_yet("serve", 5)
+@app.command()
+def serve(
+    profile: ProfileOpt = None,
+    db: DbOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="HTTP port (default: server.port).")] = None,
+) -> None:
+    """Start the Serve application on Ray (joins RAY_ADDRESS's cluster, else a local one) and block."""
+    from mmrag.serve.run import run_app
+
+    overrides: dict[str, Any] = {}
+    if db:
+        overrides["store"] = {"uri": db}
+    server: dict[str, Any] = {}
+    if host:
+        server["host"] = host
+    if port:
+        server["port"] = port
+    if server:
+        overrides["server"] = server
+    cfg = _config(profile, overrides or None)
+    url = run_app(cfg)
+    console.print(f"mmrag is serving on {url} (OpenAPI: {url}/docs); Ctrl-C stops it", highlight=False)
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    from ray import serve as ray_serve
+
+    ray_serve.shutdown()
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

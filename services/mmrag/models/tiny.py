@@ -1,10 +1,11 @@
 """Tiny random-weight checkpoints that stand in for the real models, built offline and deterministically.
 
-``build_tiny(out_dir)`` writes two checkpoints that load exactly like the production ones:
+``build_tiny(out_dir)`` writes three checkpoints that load exactly like the production ones:
 
 * ``<out>/colqwen2``: a ColQwen2 (colpali-engine) retriever with its ``ColQwen2Processor``;
 * ``<out>/qwen2-vl``: a ``Qwen2VLForConditionalGeneration`` generator with processor and chat template,
-  loadable by transformers and by vLLM.
+  loadable by transformers and by vLLM;
+* ``<out>/cross-encoder``: a BERT sequence-classification cross-encoder for the text reranker.
 
 Both share a byte-level BPE tokenizer trained here with ``tokenizers`` on a small built-in corpus and carrying
 Qwen2-VL's special tokens, so no hub access is ever needed. The weights are random: answers are gibberish and
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from mmrag.config import TINY_GENERATOR, TINY_RETRIEVER
+from mmrag.config import TINY_CROSS_ENCODER, TINY_GENERATOR, TINY_RETRIEVER
 
 #: Bump when the build recipe changes in a way that changes the files: older checkpoints are then rebuilt.
 BUILD_FORMAT = 1
@@ -115,6 +116,18 @@ SPECS: dict[str, dict[str, Any]] = {
             "mrope_section": [4, 6, 6],
         },
         "vision": {"depth": 2, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2},
+    },
+    # A BERT-architecture cross-encoder (one relevance logit per (query, passage) pair), the shape of
+    # cross-encoder/ms-marco-MiniLM-L-6-v2, for the text reranker's offline path.
+    TINY_CROSS_ENCODER: {
+        "kind": "cross_encoder",
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 512,
+        },
     },
 }
 
@@ -407,7 +420,23 @@ def _write_generator(tmp: Path, spec: dict[str, Any], seed: int, tokenizer: Any)
     processor.save_pretrained(tmp)
 
 
-_WRITERS = {"colqwen2": _write_retriever, "qwen2_vl": _write_generator}
+def _write_cross_encoder(tmp: Path, spec: dict[str, Any], seed: int, tokenizer: Any) -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        type_vocab_size=2,
+        **spec["text"],
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).eval().save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+
+_WRITERS = {"colqwen2": _write_retriever, "qwen2_vl": _write_generator, "cross_encoder": _write_cross_encoder}
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmrag.store import schema as S
 
@@ -168,6 +169,43 @@ class LanceStore:
         if collection is not None:
             q = q.where((col("collection") == lit(collection)).to_sql())
         return q.limit(None).to_list()
+
+    def collections(self) -> set[str]:
+        """Collections that hold at least one finished document."""
+        if S.DOCUMENTS not in self._names():
+            return set()
+        col = self.table(S.DOCUMENTS).search().select(["collection"]).limit(None).to_arrow()["collection"]
+        return set(pc.unique(col).to_pylist())
+
+    def multivectors(self, ids: Sequence[str]) -> dict[str, Any]:
+        """id -> float32 [n_tokens, dim] array, for visible items among ``ids``."""
+        import numpy as np
+        from lancedb.expr import col, lit
+
+        if not ids or not self.has_items():
+            return {}
+        out: dict[str, Any] = {}
+        for chunk in _chunks(list(ids), 500):
+            where = (col("id").isin(chunk) & (col("visible") == lit(True))).to_sql()
+            tbl = self.table(S.ITEMS).search().where(where).select(["id", "multivector", "n_tokens"]).limit(None)
+            t = tbl.to_arrow()
+            flat = t["multivector"].combine_chunks()
+            values = flat.flatten().flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            dim = flat.type.value_type.list_size
+            offsets = flat.offsets.to_numpy()
+            for i, item_id in enumerate(t["id"].to_pylist()):
+                out[item_id] = values[offsets[i] * dim : offsets[i + 1] * dim].reshape(-1, dim)
+        return out
+
+    def get_item(self, item_id: str, columns: Sequence[str]) -> dict[str, Any] | None:
+        """One visible item's chosen columns, or None."""
+        from lancedb.expr import col, lit
+
+        if not self.has_items():
+            return None
+        where = ((col("id") == lit(item_id)) & (col("visible") == lit(True))).to_sql()
+        rows = self.table(S.ITEMS).search().where(where).select(list(columns)).limit(1).to_list()
+        return rows[0] if rows else None
 
     def count_items(self, collection: str | None = None, *, visible_only: bool = True) -> int:
         from lancedb.expr import col, lit

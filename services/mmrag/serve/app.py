@@ -1,0 +1,50 @@
+"""``build_app(args) -> Application``: the one builder used by ``serve run``, ``mmrag serve`` and tests.
+
+From YAML (``deploy/serve/*.yaml``, a RayService's ``serveConfigV2``)::
+
+    applications:
+      - name: mmrag
+        import_path: mmrag.serve.app:build_app
+        args: {profile: local-cpu, config: {store: {uri: /data/lancedb}}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from mmrag.config import MmragConfig, load_config
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`build_app` (the ``args:`` block of a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str | None = Field(default=None, description="Profile name or YAML path (default: local-cpu).")
+    config: dict[str, Any] | None = Field(
+        default=None, description="Config tree merged over the profile (same schema as the profile files)."
+    )
+
+
+def build_config(args: dict[str, Any] | None) -> MmragConfig:
+    a = AppArgs.model_validate(args or {})
+    return load_config(a.profile, a.config)
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Bind retriever, reranker and gateway with their per-profile replicas and resources."""
+    return build_app_from_config(build_config(args))
+
+
+def build_app_from_config(cfg: MmragConfig) -> Application:
+    from mmrag.serve.gateway import Gateway
+    from mmrag.serve.reranker import Reranker
+    from mmrag.serve.retriever import Retriever
+
+    tree = cfg.model_dump(mode="json")
+    retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
+    reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)
+    return Gateway.options(**cfg.gateway.serve_options()).bind(tree, retriever, reranker)
