@@ -23,7 +23,7 @@ class LocalSearcher:
         if index is None:
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex(self.store)
+            index = SearchIndex.from_store(self.store, {"first_stage_k": cfg.retriever.first_stage_k})
         self.index = index
         self._encoder = encoder
         if reranker is ...:
@@ -87,7 +87,7 @@ class LocalSearcher:
                 qmv = self.encoder.embed_queries([query])[0]
             scores = self.reranker.score(query, qmv, out)
             for h, s in zip(out, scores, strict=True):
-                h.setdefault("scores", {})["retrieve"] = h["score"]
+                h.setdefault("stage_scores", {})[getattr(self.reranker, "name", "rerank")] = float(s)
                 h["score"] = float(s)
             out.sort(key=lambda h: h["score"], reverse=True)
         return out[:k]

@@ -123,6 +123,16 @@ class Gateway:
         if req.k > self.cfg.server.max_k:
             raise ApiError(400, "invalid_request", f"k must be between 1 and {self.cfg.server.max_k}", "k")
         collection = req.collection or self.cfg.store.default_collection
+        if req.filters is not None:
+            from pydantic import ValidationError
+
+            from mmrag.store.search import SearchFilters
+
+            try:
+                SearchFilters(collection=collection, **req.filters.model_dump(exclude_none=True))
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"] if e.errors() else "invalid filters"
+                raise ApiError(400, "invalid_request", f"filters: {msg}", "filters") from e
         if collection not in self._known_collections():
             raise ApiError(
                 404, "collection_not_found", f"no collection named {collection!r}; ingest into it first", "collection"
@@ -142,7 +152,7 @@ class Gateway:
             snippet=(h.get("text") or "")[:300],
             image_url=f"{prefix}/v1/items/{h['id']}/image",
             thumbnail_url=f"{prefix}/v1/items/{h['id']}/thumbnail",
-            scores={k: float(v) for k, v in (h.get("scores") or {}).items()},
+            scores={k: float(v) for k, v in (h.get("stage_scores") or {}).items()},
         )
 
     async def run_search(self, req: SearchRequest) -> tuple[list[dict[str, Any]], str, str, dict[str, float]]:

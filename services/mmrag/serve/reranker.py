@@ -66,8 +66,7 @@ class Reranker:
         ranked = []
         for c, s in zip(pool, scores, strict=True):
             c = dict(c)
-            c.setdefault("scores", {})["retrieve"] = c["score"]
-            c["scores"][self.reranker.name] = float(s)
+            c.setdefault("stage_scores", {})[self.reranker.name] = float(s)
             c["score"] = float(s)
             ranked.append(c)
         ranked.sort(key=lambda c: c["score"], reverse=True)

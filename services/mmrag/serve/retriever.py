@@ -29,7 +29,9 @@ class Retriever:
             from mmrag.store import LanceStore
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex(LanceStore.from_config(self.cfg.store))
+            index = SearchIndex.from_store(
+                LanceStore.from_config(self.cfg.store), {"first_stage_k": self.cfg.retriever.first_stage_k}
+            )
         self.encoder = encoder
         self.index = index
         # tuned per profile, not Ray's defaults
@@ -83,9 +85,6 @@ class Retriever:
             )
         timings["search_ms"] = (time.perf_counter() - t0) * 1e3
         return {"hits": [h.to_dict() for h in hits], "query_mv": qmv, "mode": mode, "timings": timings}
-
-    async def collections(self) -> list[str]:
-        return await asyncio.to_thread(self.index.collections)
 
     async def check_health(self) -> None:
         """Serve calls this periodically; a failing index refresh marks the replica unhealthy."""

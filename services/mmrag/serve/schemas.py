@@ -21,27 +21,29 @@ class _Req(BaseModel):
 
 
 class SearchFiltersIn(_Req):
-    """Typed filters; each becomes a quoted literal in a LanceDB expression, never raw SQL."""
+    """Typed filters (same names as :class:`mmrag.store.search.SearchFilters`); each becomes a quoted
+    literal in a LanceDB expression, never raw SQL."""
 
-    modality: list[ModalityName] | None = Field(default=None, description="Only these modalities.")
-    source: list[str] | None = Field(
-        default=None, max_length=100, description="Only items from these source URIs (as ingested)."
+    modalities: list[ModalityName] | None = Field(default=None, description="Only these modalities.")
+    source_uris: list[str] | None = Field(
+        default=None, max_length=1000, description="Only items from these source URIs (as ingested)."
     )
+    doc_ids: list[str] | None = Field(default=None, max_length=1000, description="Only items of these documents.")
     page_min: int | None = Field(default=None, ge=1, description="Pages at or after this number.")
     page_max: int | None = Field(default=None, ge=1, description="Pages at or before this number.")
-    start_s_min: float | None = Field(default=None, ge=0, description="Clips starting at or after this second.")
-    end_s_max: float | None = Field(default=None, ge=0, description="Clips ending at or before this second.")
+    time_min_s: float | None = Field(default=None, ge=0, description="Clips ending after this second.")
+    time_max_s: float | None = Field(default=None, ge=0, description="Clips starting before this second.")
 
-    @field_validator("source")
+    @field_validator("source_uris", "doc_ids")
     @classmethod
-    def _sources(cls, v: list[str] | None) -> list[str] | None:
+    def _strings(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
             for s in v:
                 if not s or len(s) > 4096:
-                    raise ValueError("each source must be 1-4096 characters")
+                    raise ValueError("each value must be 1-4096 characters")
         return v
 
-    @field_validator("start_s_min", "end_s_max")
+    @field_validator("time_min_s", "time_max_s")
     @classmethod
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):

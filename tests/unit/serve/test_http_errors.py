@@ -42,7 +42,7 @@ def test_valid_request_passes(client: TestClient) -> None:
         ({"k": 3}, "query"),
         ({"query": "x", "mode": "semantic"}, "mode"),
         ({"query": "x", "collection": "a' OR 1=1"}, "collection"),
-        ({"query": "x", "filters": {"modality": ["audio"]}}, "filters.modality.0"),
+        ({"query": "x", "filters": {"modalities": ["audio"]}}, "filters.modalities.0"),
         ({"query": "x", "bogus": 1}, "bogus"),
     ],
 )
@@ -54,7 +54,7 @@ def test_bad_fields_are_400_with_the_field(client: TestClient, body: dict, field
 
 
 def test_nan_and_infinite_numbers_do_not_crash(client: TestClient) -> None:
-    for raw in ('{"query": "x", "k": NaN}', '{"query": "x", "filters": {"start_s_min": 1e999}}'):
+    for raw in ('{"query": "x", "k": NaN}', '{"query": "x", "filters": {"time_min_s": 1e999}}'):
         r = client.post("/v1/search", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400, r.text
 

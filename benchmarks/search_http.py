@@ -1,0 +1,139 @@
+"""/v1/search throughput at 1 and at N concurrent clients, on the local-cpu app (tiny encoder).
+
+    python -m benchmarks.search_http [--concurrency 1,32] [--requests 200] [--out benchmarks/results/search_http.json]
+
+Ingests the bundled sample (tests/data) into a temporary store, deploys the app on a local Ray,
+warms it up, then for each concurrency level runs a closed loop of clients (each sends its next
+request when the last one returned) and records throughput and latency percentiles. The gain from
+concurrency comes from the retriever's @serve.batch query encoding and the async replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERIES = [
+    "permutation test",
+    "conditional inference",
+    "table of p-values",
+    "a cup on a table",
+    "asymptotic distribution",
+    "independence of two variables",
+    "figure with a histogram",
+    "survival analysis",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _closed_loop(url: str, concurrency: int, n_requests: int, body: dict) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+
+    async def client(i: int, c: httpx.AsyncClient) -> None:
+        nonlocal sent, errors
+        while sent < n_requests:
+            sent += 1
+            q = QUERIES[(sent + i) % len(QUERIES)]
+            t0 = time.perf_counter()
+            r = await c.post(f"{url}/v1/search", json={**body, "query": q})
+            latencies.append(time.perf_counter() - t0)
+            errors += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(i, c) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) * 1e3
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": wall,
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", default="1,32")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--mode", default="visual", choices=["visual", "text", "hybrid"])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_http.json"))
+    args = ap.parse_args(argv)
+
+    from ray import serve
+
+    from mmrag.config import load_config
+    from mmrag.ingest.pipeline import ingest
+    from mmrag.serve.run import run_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmrag-bench-"))
+    for f in ("coin.pdf", "cup.mp4"):
+        shutil.copy(ROOT / "tests/data" / f, tmp / f)
+    cfg = load_config(
+        "local-cpu",
+        {"store": {"uri": str(tmp / "db")}, "ingest": {"ocr": "never"}, "server": {"port": _free_port()}},
+    )
+    ingest([str(tmp / "coin.pdf"), str(tmp / "cup.mp4")], cfg)
+    t0 = time.perf_counter()
+    url = run_app(cfg)
+    ready_s = time.perf_counter() - t0
+    body = {"k": 10, "mode": args.mode}
+    asyncio.run(_closed_loop(url, 4, 40, body))  # warm-up: model, index, connections
+    runs = [asyncio.run(_closed_loop(url, int(c), args.requests, body)) for c in args.concurrency.split(",")]
+    serve.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    base = runs[0]["throughput_rps"]
+    result = {
+        "benchmark": "search_http",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.search_http " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "profile": "local-cpu",
+        "mode": args.mode,
+        "app_ready_s": ready_s,
+        "batching": {"batch_max_size": cfg.retriever.batch_max_size, "wait_s": cfg.retriever.batch_wait_timeout_s},
+        "runs": runs,
+        "speedup_vs_first": [r["throughput_rps"] / base for r in runs],
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    for r, sp in zip(runs, result["speedup_vs_first"], strict=True):
+        print(
+            f"c={r['concurrency']:3}  {r['throughput_rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "
+            f"p99 {r['p99_ms']:7.1f} ms  errors {r['errors']}  x{sp:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1012 @@
+"""Search over an mmrag store: a multi-stage visual cascade, BM25 text search, and weighted RRF hybrid.
+
+Visual search (:meth:`SearchIndex.search_visual`) is a three-stage cascade, each stage scoring fewer items
+with a more exact score:
+
+1. **pooled** — the mean of the query's token vectors against every item's L2-normalised mean vector
+   (``pooled`` column), held in RAM as a float32 matrix: one mat-vec over the whole collection. Ranking by
+   it is the same as ranking by the sum over query tokens of the dot with the pooled vector. Keeps
+   ``first_stage_k`` candidates.
+2. **tokens** — MaxSim of the query against the candidates' token vectors held in RAM quantised to int8
+   (one scale per token, 128 B per token instead of 512). Keeps ``exact_k``.
+3. **maxsim** — exact float32 MaxSim (:func:`mmrag.models.encoder.maxsim`) over the ``exact_k`` survivors,
+   whose multivectors are fetched from LanceDB by row id at the snapshot's pinned table version.
+
+Why this shape (measured on 2 cores, see ``benchmarks/results/retrieval.md``): LanceDB's flat multivector
+search is a full scan of every float32 token (seconds per query at 100k items); all float32 tokens of 100k
+items (~4.6 GB) do not fit comfortably in RAM; fetching ~2000 candidates' multivectors from LanceDB per query
+is far too slow; and centroid codes (PLAID-style, 2 B per token) ranked worse than the pooled vectors on
+clustered data. int8 tokens lose nothing measurable at stage 2 (recall of the final top-10 unchanged), so
+stage 3 only needs a few dozen rows from disk.
+
+Text search uses LanceDB's full-text index on ``text`` with the filters as a prefilter; the user's words are
+passed as a :class:`lancedb.query.MatchQuery` (no query-syntax parsing, so quotes, parentheses or ``AND OR
+NOT`` cannot make it raise). Filters reach LanceDB only as typed ``lancedb.expr`` expressions, never as SQL
+built from user text.
+
+The index is an immutable snapshot swapped on :meth:`SearchIndex.refresh`, so searches running in other
+threads never see a half-built index. torch is imported only when the token stage runs (it measured ~1.7x
+faster than numpy for that kernel here); without torch numpy is used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmrag.config import COLLECTION_PATTERN
+from mmrag.models.encoder import maxsim
+from mmrag.store import schema as S
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["page", "image", "clip"]
+TokenStore = Literal["int8", "float16", "none"]
+
+#: Longest list a filter may hold (doc ids / source URIs), and longest string in it.
+MAX_FILTER_VALUES = 1000
+MAX_FILTER_CHARS = 4096
+
+#: Metadata columns kept in RAM for every visible item (filters and hits are served from them).
+_META = ["id", "collection", "doc_id", "source_uri", "modality", "page", "start_s", "end_s"]
+_HIT_COLUMNS = [*_META, "text"]
+
+#: Tokens scored per block in the token stage: 8192 x 128 float32 = 4 MiB stays in cache.
+_TOKEN_BLOCK = 8192
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message says what to change."""
+
+
+# ------------------------------------------------------------------------------------------------ config
+class SearchIndexConfig(BaseModel):
+    """Stage sizes and memory layout of a :class:`SearchIndex`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_stage_k: int = Field(
+        default=2000,
+        ge=1,
+        description="Candidates kept by the pooled-vector stage. At 100k clustered items recall@10 of the cascade "
+        "was 0.94 with 1000 and 0.98 with 2000 (benchmarks/results/retrieval.md); cost of the token stage grows "
+        "linearly with it.",
+    )
+    exact_k: int = Field(
+        default=40,
+        ge=1,
+        description="Candidates re-scored with exact float32 MaxSim (multivectors fetched from LanceDB). The int8 "
+        "token stage ranks almost exactly, so a few times k is enough.",
+    )
+    token_store: TokenStore = Field(
+        default="int8",
+        description="How token vectors are held in RAM for the token stage: int8 (1 byte per value plus one float "
+        "scale per token), float16, or none (no token stage: the first stage's candidates go straight to the "
+        "exact stage, so keep first_stage_k small; for tiny stores or very little RAM).",
+    )
+    backend: Literal["auto", "torch", "numpy"] = Field(
+        default="auto",
+        description="Library for the scoring maths: auto is torch when installed. All three stages use the same "
+        "one: interleaving numpy's BLAS threads with torch's made the token stage 2-4x slower on 2 cores.",
+    )
+    token_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads scoring token blocks in parallel. None: one per CPU when torch itself runs on one "
+        "thread (a Ray replica), else 1 (torch parallelises each op). Many small parallel ops made the token stage "
+        "5x slower on a loaded 2-core machine (each OpenMP barrier waits for a preempted thread); threads that pull "
+        "blocks from a queue do not wait for each other.",
+    )
+    fusion_depth: int = Field(default=50, ge=1, description="Hits taken from each ranking before hybrid fusion.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    text_weight: float = Field(
+        default=0.3, ge=0, le=1, description="Weight of the text ranking in hybrid fusion (visual gets 1 - w)."
+    )
+    snippet_chars: int = Field(default=300, ge=0, description="Characters of an item's text returned in a hit.")
+    max_query_terms: int = Field(default=64, ge=1, description="Distinct words of a text query passed to BM25.")
+    load_batch_rows: int = Field(default=1024, ge=1, description="Rows per batch when reading multivectors.")
+    fetch_chunk_rows: int = Field(default=2048, ge=1, description="Row ids per LanceDB take while loading.")
+
+
+# ------------------------------------------------------------------------------------------------ filters
+class SearchFilters(BaseModel):
+    """What a search may return: always one collection, optionally narrowed further.
+
+    Every condition is applied twice in the same way: as numpy masks over the in-RAM metadata (visual
+    search) and as a typed LanceDB expression (text search, where it is a prefilter). A page range keeps
+    only items that have a page (PDF pages); a time range keeps only clips that overlap it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    collection: str = Field(pattern=COLLECTION_PATTERN, description="The collection searched (exactly one).")
+    modalities: list[Modality] | None = Field(
+        default=None, min_length=1, description="Keep only these modalities; none means all."
+    )
+    doc_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_FILTER_VALUES, description="Keep only these documents."
+    )
+    source_uris: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_FILTER_VALUES, description="Keep only these source files."
+    )
+    page_min: int | None = Field(default=None, ge=1, description="Smallest page number kept (1-based).")
+    page_max: int | None = Field(default=None, ge=1, description="Largest page number kept (1-based).")
+    time_min_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Clips must end at or after this time (seconds)."
+    )
+    time_max_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Clips must start at or before this time (seconds)."
+    )
+
+    @field_validator("doc_ids", "source_uris")
+    @classmethod
+    def _plain_strings(cls, values: list[str] | None) -> list[str] | None:
+        for v in values or ():
+            if not v or len(v) > MAX_FILTER_CHARS:
+                raise ValueError(f"each value must be 1-{MAX_FILTER_CHARS} characters")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError("values must be valid Unicode text (no lone surrogates)") from e
+        return values
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SearchFilters:
+        if self.page_min is not None and self.page_max is not None and self.page_min > self.page_max:
+            raise ValueError(f"page_min ({self.page_min}) is larger than page_max ({self.page_max})")
+        if self.time_min_s is not None and self.time_max_s is not None and self.time_min_s > self.time_max_s:
+            raise ValueError(f"time_min_s ({self.time_min_s}) is larger than time_max_s ({self.time_max_s})")
+        return self
+
+    def to_expr(self) -> Any:
+        """The filters as a typed LanceDB expression (visible rows only); every literal is quoted by LanceDB."""
+        from lancedb.expr import col, lit
+
+        e = (col("visible") == lit(True)) & (col("collection") == lit(self.collection))
+        if self.modalities is not None:
+            e = e & col("modality").isin(list(self.modalities))
+        if self.doc_ids is not None:
+            e = e & col("doc_id").isin(list(self.doc_ids))
+        if self.source_uris is not None:
+            e = e & col("source_uri").isin(list(self.source_uris))
+        if self.page_min is not None:
+            e = e & (col("page") >= lit(int(self.page_min)))
+        if self.page_max is not None:
+            e = e & (col("page") <= lit(int(self.page_max)))
+        if self.time_min_s is not None:
+            e = e & (col("end_s") >= lit(float(self.time_min_s)))
+        if self.time_max_s is not None:
+            e = e & (col("start_s") <= lit(float(self.time_max_s)))
+        return e
+
+    def to_sql(self) -> str:
+        """SQL text of :meth:`to_expr`, for LanceDB's ``.where``."""
+        return self.to_expr().to_sql()
+
+
+# ------------------------------------------------------------------------------------------------ hits
+@dataclass(frozen=True)
+class Hit:
+    """One search result with what a client needs to cite it."""
+
+    id: str
+    score: float
+    modality: str
+    collection: str
+    doc_id: str
+    source_uri: str
+    page: int | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    text: str = ""
+    #: Score of this item at each stage that saw it: ``pooled``, ``tokens``, ``maxsim``, ``bm25``, ``rrf``.
+    stage_scores: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "score": self.score,
+            "modality": self.modality,
+            "collection": self.collection,
+            "doc_id": self.doc_id,
+            "source_uri": self.source_uri,
+            "page": self.page,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "text": self.text,
+            "stage_scores": dict(self.stage_scores),
+        }
+
+
+# ------------------------------------------------------------------------------------------------ snapshot
+class _Codes:
+    """A string column dictionary-encoded: ``codes[i]`` indexes ``values``; ``index`` maps value -> code."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array | Sequence[str]) -> None:
+        arr = column if isinstance(column, pa.ChunkedArray | pa.Array) else pa.array(list(column), pa.string())
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+        enc = arr.dictionary_encode()
+        self.codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        self.values: list[str] = enc.dictionary.to_pylist()
+        self.index = {v: i for i, v in enumerate(self.values)}
+
+    def mask(self, wanted: Sequence[str]) -> np.ndarray:
+        codes = [self.index[v] for v in wanted if v in self.index]
+        if not codes:
+            return np.zeros(len(self.codes), dtype=bool)
+        if len(codes) == 1:
+            return self.codes == codes[0]
+        return np.isin(self.codes, np.asarray(codes, dtype=np.int32))
+
+    def __getitem__(self, i: int) -> str:
+        return self.values[self.codes[i]]
+
+
+def _float_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A nullable numeric column as float64 with NaN for null (NaN compares false, like SQL NULL)."""
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+@dataclass
+class _Snapshot:
+    """Everything one search needs, immutable once built."""
+
+    version: int | None
+    table: Any | None  # LanceDB table pinned at ``version`` (None for array-backed indexes)
+    has_fts: bool
+    dim: int
+    ids: list[str]
+    id_row: dict[str, int]
+    row_ids: np.ndarray | None  # LanceDB row ids at ``version``
+    pooled: np.ndarray  # [n, dim] float32, L2-normalised
+    collection: _Codes
+    modality: _Codes
+    doc_id: _Codes
+    source_uri: _Codes
+    page: np.ndarray  # float64, NaN where null
+    start_s: np.ndarray
+    end_s: np.ndarray
+    tok_start: np.ndarray  # int64 [n]
+    tok_len: np.ndarray  # int64 [n]; 0 = not visually searchable
+    tokens: np.ndarray | None  # [total, dim] int8 / float16, or None
+    tok_scale: np.ndarray | None  # float32 [total] (int8 only)
+    exact: list[np.ndarray] | None = None  # array-backed: float32 multivectors
+    texts: list[str | None] | None = None  # array-backed: item texts
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> dict[str, int]:
+        out = {
+            "pooled": self.pooled.nbytes,
+            "tokens": 0 if self.tokens is None else self.tokens.nbytes,
+            "token_scales": 0 if self.tok_scale is None else self.tok_scale.nbytes,
+            "offsets": self.tok_start.nbytes + self.tok_len.nbytes,
+            "metadata": sum(a.nbytes for a in (self.page, self.start_s, self.end_s, *(c.codes for c in self._codes()))),
+        }
+        if self.exact is not None:
+            out["exact_multivectors"] = sum(m.nbytes for m in self.exact)
+        return out
+
+    def _codes(self) -> tuple[_Codes, ...]:
+        return (self.collection, self.modality, self.doc_id, self.source_uri)
+
+    def mask(self, f: SearchFilters) -> np.ndarray:
+        m = self.collection.mask([f.collection])
+        if f.modalities is not None:
+            m &= self.modality.mask(f.modalities)
+        if f.doc_ids is not None:
+            m &= self.doc_id.mask(f.doc_ids)
+        if f.source_uris is not None:
+            m &= self.source_uri.mask(f.source_uris)
+        with np.errstate(invalid="ignore"):
+            if f.page_min is not None:
+                m &= self.page >= f.page_min
+            if f.page_max is not None:
+                m &= self.page <= f.page_max
+            if f.time_min_s is not None:
+                m &= self.end_s >= f.time_min_s
+            if f.time_max_s is not None:
+                m &= self.start_s <= f.time_max_s
+        return m
+
+    def hit(self, row: int, score: float, stage_scores: dict[str, float], text: str | None, snippet: int) -> Hit:
+        page, s0, s1 = self.page[row], self.start_s[row], self.end_s[row]
+        return Hit(
+            id=self.ids[row],
+            score=float(score),
+            modality=self.modality[row],
+            collection=self.collection[row],
+            doc_id=self.doc_id[row],
+            source_uri=self.source_uri[row],
+            page=None if math.isnan(page) else int(page),
+            start_s=None if math.isnan(s0) else float(s0),
+            end_s=None if math.isnan(s1) else float(s1),
+            text=(text or "")[:snippet],
+            stage_scores=stage_scores,
+        )
+
+
+def _quantise(mv: np.ndarray, store: TokenStore) -> tuple[np.ndarray, np.ndarray | None]:
+    """Token vectors in the in-RAM format: int8 with a per-token scale (max |x| -> 127), or float16."""
+    if store == "float16":
+        return mv.astype(np.float16), None
+    amax = np.abs(mv).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.rint(mv / scale[:, None]).clip(-127, 127).astype(np.int8)
+    return q, scale
+
+
+def _multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> list[np.ndarray]:
+    """A ``list<fixed_size_list<float32, dim>>`` column as one float32 ``[n_t, dim]`` view per row (no copy)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    if arr.null_count:
+        arr = arr.fill_null(pa.scalar([], arr.type))
+    offsets = arr.offsets.to_numpy()
+    flat = arr.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+
+
+# ------------------------------------------------------------------------------------------------ index
+class SearchIndex:
+    """Visual, text and hybrid search over the visible items of an mmrag store.
+
+    Build it with :meth:`from_store` / :meth:`from_table` (LanceDB) or :meth:`from_arrays` (benchmarks).
+    It holds in RAM, per visible item: the pooled vector (float32), the token vectors quantised per
+    ``config.token_store``, and the metadata filters need. :meth:`refresh` picks up new table versions
+    and re-reads only the multivectors of items it has not seen (an item id is a hash of its content).
+    """
+
+    def __init__(self, config: SearchIndexConfig | dict[str, Any] | None = None, *, table_opener: Any = None) -> None:
+        self.config = SearchIndexConfig.model_validate(config or {})
+        self._open = table_opener  # () -> a fresh LanceDB handle on the items table, or None if it does not exist
+        self._probe: Any = None
+        self._lock = threading.Lock()
+        self._snap: _Snapshot | None = None
+        self._use_torch: bool | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_workers = 0
+        self.last_refresh_s: float = 0.0
+
+    # ---------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_store(cls, store: Any, config: SearchIndexConfig | dict[str, Any] | None = None) -> SearchIndex:
+        """An index over a :class:`~mmrag.store.LanceStore`'s items table, loaded now (empty if none yet)."""
+        return cls.from_db(store._db, config)  # the store's connection carries its storage options
+
+    @classmethod
+    def from_db(cls, db: Any, config: SearchIndexConfig | dict[str, Any] | None = None) -> SearchIndex:
+        """An index over the items table of a LanceDB connection, loaded now (empty if none yet).
+
+        The index opens its own table handles (one pinned to a version per snapshot), so it never moves
+        the handles that writers use.
+        """
+
+        def opener() -> Any:
+            return db.open_table(S.ITEMS) if S.ITEMS in set(db.table_names()) else None
+
+        index = cls(config, table_opener=opener)
+        index.refresh(force=True)
+        return index
+
+    @classmethod
+    def from_arrays(
+        cls,
+        ids: Sequence[str],
+        multivectors: Sequence[np.ndarray],
+        *,
+        collection: str | Sequence[str] = "default",
+        modality: str | Sequence[str] = "page",
+        doc_ids: Sequence[str] | None = None,
+        source_uris: Sequence[str] | None = None,
+        pages: Sequence[int | None] | None = None,
+        texts: Sequence[str | None] | None = None,
+        pooled: np.ndarray | None = None,
+        config: SearchIndexConfig | dict[str, Any] | None = None,
+    ) -> SearchIndex:
+        """An in-memory index (no LanceDB; text search unavailable); the exact stage reads ``multivectors``."""
+        n = len(ids)
+        if len(multivectors) != n:
+            raise SearchError(f"{len(multivectors)} multivectors for {n} ids")
+        index = cls(config)
+        mvs = [np.ascontiguousarray(m, dtype=np.float32) for m in multivectors]
+        dim = mvs[0].shape[1] if mvs else 0
+        if pooled is None and n:  # as ingestion writes it: the L2-normalised mean of the tokens
+            pooled = np.stack([m.mean(0) if len(m) else np.zeros(dim, np.float32) for m in mvs])
+            pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        pooled = np.zeros((0, dim), np.float32) if pooled is None else np.asarray(pooled, dtype=np.float32)
+
+        def col(v: Any, default: Any) -> list[Any]:
+            if v is None:
+                return [default(i) for i in range(n)]
+            return [v] * n if isinstance(v, str) else list(v)
+
+        meta = pa.table(
+            {
+                "id": pa.array(list(ids), pa.string()),
+                "collection": pa.array(col(collection, None), pa.string()),
+                "doc_id": pa.array(col(doc_ids, lambda i: ids[i]), pa.string()),
+                "source_uri": pa.array(col(source_uris, lambda i: ids[i]), pa.string()),
+                "modality": pa.array(col(modality, None), pa.string()),
+                "page": pa.array(col(pages, lambda i: None), pa.int32()),
+                "start_s": pa.array([None] * n, pa.float64()),
+                "end_s": pa.array([None] * n, pa.float64()),
+            }
+        )
+        lens = np.array([len(m) for m in mvs], np.int64)
+        snap = index._build(meta, pooled, dim, None, lens, {}, lambda rows: ((r, mvs[r]) for r in rows), None)
+        snap.exact = mvs
+        snap.texts = list(texts) if texts is not None else [None] * n
+        index._snap = snap
+        return index
+
+    # ---------------------------------------------------------------------------------------- refresh
+    @property
+    def version(self) -> int | None:
+        """LanceDB table version of the current snapshot (None: array-backed or no table yet)."""
+        return self._snap.version if self._snap else None
+
+    def __len__(self) -> int:
+        return self._snap.n if self._snap else 0
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held in RAM by the current snapshot, per part."""
+        return self._snap.nbytes() if self._snap else {}
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the table if its version changed (one manifest read when it did not); True if reloaded."""
+        if self._open is None:
+            return False
+        with self._lock:
+            if self._probe is None:
+                self._probe = self._open()
+                if self._probe is None:
+                    return False
+            else:
+                self._probe.checkout_latest()
+            latest = self._probe.version
+            old = self._snap
+            if old is not None and old.version == latest and not force:
+                return False
+            t0 = time.perf_counter()
+            pinned = self._open()
+            pinned.checkout(latest)
+            self._snap = self._load(pinned, latest, old)
+            self.last_refresh_s = time.perf_counter() - t0
+            log.info("search index at version %s: %d items in %.1fs", latest, self._snap.n, self.last_refresh_s)
+            return True
+
+    def _load(self, table: Any, version: int, old: _Snapshot | None) -> _Snapshot:
+        from lancedb.expr import col, lit
+
+        dim = table.schema.field("pooled").type.list_size
+        visible = (col("visible") == lit(True)).to_sql()
+        meta = (
+            table.search()
+            .where(visible)
+            .select([*_META, "pooled", "n_tokens"])
+            .with_row_id(True)
+            .limit(None)
+            .to_arrow()
+        )
+        n = meta.num_rows
+        pooled_col = meta.column("pooled").combine_chunks() if n else None
+        if n and pooled_col.null_count:
+            pooled_col = pooled_col.fill_null(pa.scalar([0.0] * dim, pooled_col.type))
+        pooled = (
+            pooled_col.values.to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float32, copy=False)
+            if n
+            else np.zeros((0, dim), np.float32)
+        )
+        row_ids = meta.column("_rowid").to_numpy()
+        n_tokens = np.nan_to_num(_float_column(meta.column("n_tokens"))).astype(np.int64)
+        has_fts = any(getattr(i, "columns", None) == ["text"] for i in table.list_indices())
+
+        ids = meta.column("id").to_pylist()
+        reuse: dict[int, int] = {}
+        if old is not None and old.tokens is not None and self.config.token_store != "none":
+            reuse = {r: o for r, o in ((r, old.id_row.get(i)) for r, i in enumerate(ids)) if o is not None}
+
+        def fetch(rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+            if len(rows) > 0.5 * n:  # mostly new: one streaming scan beats many takes
+                want = {ids[r]: r for r in rows}
+                reader = (
+                    table.search()
+                    .where(visible)
+                    .select(["id", "multivector"])
+                    .limit(None)
+                    .to_batches(self.config.load_batch_rows)
+                )
+                for batch in reader:
+                    for i, mv in zip(batch.column(0).to_pylist(), _multivectors(batch.column(1), dim), strict=True):
+                        if i in want:
+                            yield want[i], mv
+                return
+            step = self.config.fetch_chunk_rows
+            for s in range(0, len(rows), step):
+                chunk = rows[s : s + step]
+                got = table.take_row_ids([int(row_ids[r]) for r in chunk]).select(["id", "multivector"]).to_arrow()
+                by_id = dict(
+                    zip(got.column("id").to_pylist(), _multivectors(got.column("multivector"), dim), strict=True)
+                )
+                for r in chunk:
+                    if ids[r] in by_id:
+                        yield r, by_id[ids[r]]
+
+        snap = self._build(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old)
+        snap.version, snap.table, snap.has_fts = version, table, has_fts
+        return snap
+
+    def _build(
+        self,
+        meta: pa.Table,
+        pooled: np.ndarray,
+        dim: int,
+        row_ids: np.ndarray | None,
+        n_tokens: np.ndarray,
+        reuse: dict[int, int],
+        fetch: Any,
+        old: _Snapshot | None,
+    ) -> _Snapshot:
+        """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read."""
+        ids = meta.column("id").to_pylist()
+        n = len(ids)
+        store = self.config.token_store
+        tok_len = np.maximum(np.asarray(n_tokens, np.int64), 0)
+        if reuse and old is not None:
+            new_rows = np.fromiter(reuse.keys(), np.int64, len(reuse))
+            old_rows = np.fromiter(reuse.values(), np.int64, len(reuse))
+            tok_len[new_rows] = old.tok_len[old_rows]  # same id = same content = same tokens
+        tok_start = np.zeros(n, np.int64)
+        if n:
+            tok_start[1:] = np.cumsum(tok_len)[:-1]
+        tokens = scales = None
+        if store != "none":
+            total = int(tok_len.sum())
+            tokens = np.empty((total, dim), np.int8 if store == "int8" else np.float16)
+            scales = np.empty(total, np.float32) if store == "int8" else None
+            if reuse and old is not None:
+                dst = _ranges(tok_start[new_rows], tok_len[new_rows])
+                src = _ranges(old.tok_start[old_rows], tok_len[new_rows])
+                tokens[dst] = old.tokens[src]
+                if scales is not None:
+                    scales[dst] = old.tok_scale[src]
+            missing = [r for r in range(n) if r not in reuse and tok_len[r] > 0]
+            seen = np.zeros(n, bool)
+            mismatched = 0
+            for r, mv in fetch(missing):
+                mismatched += _fill(tokens, scales, int(tok_start[r]), int(tok_len[r]), mv, store)
+                seen[r] = True
+            lost = [r for r in missing if not seen[r]]
+            if lost:  # rows that vanished between reads of one pinned version cannot happen; stay searchable-safe
+                tok_len[lost] = 0
+            if mismatched:
+                log.warning(
+                    "%d items have n_tokens unequal to their multivector's length; token stage pads", mismatched
+                )
+        return _Snapshot(
+            version=None,
+            table=None,
+            has_fts=False,
+            dim=dim,
+            ids=ids,
+            id_row={i: r for r, i in enumerate(ids)},
+            row_ids=row_ids,
+            pooled=np.array(pooled, dtype=np.float32, order="C"),  # a writable copy (Arrow buffers are read-only)
+            collection=_Codes(meta.column("collection")),
+            modality=_Codes(meta.column("modality")),
+            doc_id=_Codes(meta.column("doc_id")),
+            source_uri=_Codes(meta.column("source_uri")),
+            page=_float_column(meta.column("page")),
+            start_s=_float_column(meta.column("start_s")),
+            end_s=_float_column(meta.column("end_s")),
+            tok_start=tok_start,
+            tok_len=tok_len,
+            tokens=tokens,
+            tok_scale=scales,
+        )
+
+    # ---------------------------------------------------------------------------------------- visual
+    def search_visual(
+        self,
+        query_mv: np.ndarray,
+        k: int,
+        *,
+        filters: SearchFilters,
+        first_stage_k: int | None = None,
+        exact_k: int | None = None,
+    ) -> list[Hit]:
+        """Top ``k`` items by exact MaxSim, found through the pooled -> tokens -> exact cascade."""
+        snap = self._snap
+        q = self._check_query(query_mv, snap)
+        _check_k(k)
+        if snap is None or snap.n == 0:
+            return []
+        rows, scores, stages, texts = self._visual(snap, q, k, filters, first_stage_k, exact_k)
+        return [
+            snap.hit(r, s, st, t, self.config.snippet_chars)
+            for r, s, st, t in zip(rows, scores, stages, texts, strict=True)
+        ]
+
+    def _visual(
+        self,
+        snap: _Snapshot,
+        q: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        first_stage_k: int | None,
+        exact_k: int | None,
+    ) -> tuple[list[int], list[float], list[dict[str, float]], list[str | None]]:
+        cfg = self.config
+        for name, v in (("first_stage_k", first_stage_k), ("exact_k", exact_k)):
+            if v is not None and (not isinstance(v, int | np.integer) or v < 1):
+                raise SearchError(f"{name} must be a positive integer, got {v!r}")
+        c1 = first_stage_k or cfg.first_stage_k
+        c2 = max(exact_k or cfg.exact_k, k)
+        mask = snap.mask(filters) & (snap.tok_len > 0)
+        allowed = np.flatnonzero(mask)
+        if not len(allowed):
+            return [], [], [], []
+
+        # Stage 1: pooled vectors. Ranking by <mean(q), p> equals ranking by sum_i <q_i, p>.
+        s1 = self._pooled_scores(snap, q.mean(axis=0), allowed)
+        cand, s1c = _top(allowed, s1, c1)
+        stage = {"pooled": s1c}
+
+        # Stage 2: MaxSim over the int8 / float16 tokens held in RAM.
+        if snap.tokens is not None and len(cand) > c2:
+            s2 = self._token_maxsim(snap, q, cand)
+            keep = _top_idx(s2, c2)
+            cand, stage = cand[keep], {"pooled": s1c[keep], "tokens": s2[keep]}
+
+        # Stage 3: exact float32 MaxSim over multivectors from LanceDB (or the arrays given).
+        mvs, texts = self._fetch(snap, cand)
+        ok = np.array([len(m) > 0 for m in mvs], dtype=bool)
+        s3 = np.full(len(cand), -np.inf, np.float32)
+        if ok.any():
+            s3[ok] = self._exact_maxsim(q, [m for m, good in zip(mvs, ok, strict=True) if good])
+        order = sorted(np.flatnonzero(ok).tolist(), key=lambda j: (-float(s3[j]), snap.ids[cand[j]]))[:k]
+        rows = [int(cand[j]) for j in order]
+        scores = [float(s3[j]) for j in order]
+        stages = [{**{name: float(v[j]) for name, v in stage.items()}, "maxsim": float(s3[j])} for j in order]
+        return rows, scores, stages, [texts[j] for j in order]
+
+    def _torch(self) -> bool:
+        if self._use_torch is None:
+            want = self.config.backend
+            self._use_torch = want == "torch" or (want == "auto" and importlib.util.find_spec("torch") is not None)
+        return self._use_torch
+
+    def _pooled_scores(self, snap: _Snapshot, qmean: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """``<mean(q), pooled>`` of the allowed rows (whole-matrix product unless few rows are allowed)."""
+        few = len(allowed) < snap.n // 4
+        mat = snap.pooled[allowed] if few else snap.pooled
+        if self._torch():
+            import torch
+
+            scores = torch.mv(torch.from_numpy(mat), torch.from_numpy(qmean)).numpy()
+        else:
+            scores = mat @ qmean
+        return scores if few else scores[allowed]
+
+    def _exact_maxsim(self, q: np.ndarray, mvs: list[np.ndarray]) -> np.ndarray:
+        """Exact float32 MaxSim; the torch path computes what :func:`~mmrag.models.encoder.maxsim` does."""
+        if not self._torch():
+            return maxsim(q, mvs)
+        import torch
+
+        lens = np.array([len(m) for m in mvs], np.int64)
+        seg = np.zeros(len(mvs), np.int64)
+        seg[1:] = np.cumsum(lens)[:-1]
+        sims = (torch.from_numpy(q) @ torch.from_numpy(np.concatenate(mvs)).T).numpy()
+        return np.maximum.reduceat(sims, seg, axis=1).sum(axis=0, dtype=np.float64).astype(np.float32)
+
+    def _token_maxsim(self, snap: _Snapshot, q: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """MaxSim of ``q`` against the candidates' quantised tokens, scored in cache-sized blocks."""
+        order = np.argsort(snap.tok_start[cand], kind="stable")  # sequential reads through the token matrix
+        starts, lens = snap.tok_start[cand][order], snap.tok_len[cand][order]
+        seg = np.zeros(len(cand), np.int64)
+        seg[1:] = np.cumsum(lens)[:-1]
+        idx = _ranges(starts, lens)
+        sims = self._token_sims(snap, q, idx)  # [n_q, M]
+        best = np.maximum.reduceat(sims, seg, axis=1)
+        out = np.empty(len(cand), np.float32)
+        out[order] = best.sum(axis=0, dtype=np.float64)
+        return out
+
+    def _token_sims(self, snap: _Snapshot, q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """``[n_q, len(idx)]`` similarities of the query to tokens ``idx``, dequantised block by block."""
+        m = len(idx)
+        sims = np.empty((q.shape[0], m), np.float32)
+        blocks = [(s, min(m, s + _TOKEN_BLOCK)) for s in range(0, m, _TOKEN_BLOCK)]
+        if self._torch():
+            import torch
+
+            toks, qt, it = torch.from_numpy(snap.tokens), torch.from_numpy(q), torch.from_numpy(idx)
+
+            def run(block: tuple[int, int]) -> None:
+                s, e = block
+                sims[:, s:e] = torch.mm(toks.index_select(0, it[s:e]).float(), qt.T).numpy().T
+
+        else:
+
+            def run(block: tuple[int, int]) -> None:
+                s, e = block
+                sims[:, s:e] = q @ snap.tokens[idx[s:e]].astype(np.float32).T
+
+        workers = self._workers()
+        if workers > 1 and len(blocks) > 1:
+            list(self._pool(workers).map(run, blocks))
+        else:
+            for block in blocks:
+                run(block)
+        if snap.tok_scale is not None:
+            sims *= snap.tok_scale[idx]
+        return sims
+
+    def _workers(self) -> int:
+        """Threads for the token stage: its blocks are independent, so threads pull them from a shared queue.
+
+        By default they are used only when torch runs single-threaded (as in a Ray replica, where
+        ``OMP_NUM_THREADS`` is the replica's ``num_cpus``): stacking them on torch's own threads would oversubscribe.
+        """
+        if self.config.token_threads is not None:
+            return self.config.token_threads
+        if not self._torch():
+            return 1
+        import torch
+
+        return (os.cpu_count() or 1) if torch.get_num_threads() == 1 else 1
+
+    def _pool(self, workers: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._executor_workers != workers:
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False)
+                self._executor = ThreadPoolExecutor(workers, thread_name_prefix="mmrag-search")
+                self._executor_workers = workers
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the token-stage threads (the index stays usable; they restart on demand)."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def _fetch(self, snap: _Snapshot, rows: np.ndarray) -> tuple[list[np.ndarray], list[str | None]]:
+        if snap.exact is not None:
+            return [snap.exact[r] for r in rows], [snap.texts[r] if snap.texts else None for r in rows]
+        got = snap.table.take_row_ids([int(snap.row_ids[r]) for r in rows]).select(["id", "multivector", "text"])
+        tbl = got.to_arrow()
+        by_id = {
+            i: (m, t)
+            for i, m, t in zip(
+                tbl.column("id").to_pylist(),
+                _multivectors(tbl.column("multivector"), snap.dim),
+                tbl.column("text").to_pylist(),
+                strict=True,
+            )
+        }
+        empty = np.zeros((0, snap.dim), np.float32)
+        pairs = [by_id.get(snap.ids[r], (empty, None)) for r in rows]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    # ---------------------------------------------------------------------------------------- text
+    def search_text(self, query: str, k: int, *, filters: SearchFilters) -> list[Hit]:
+        """Top ``k`` items by BM25 over ``text`` (LanceDB full-text index), filters applied before ranking."""
+        _check_k(k)
+        snap = self._snap
+        if snap is None or snap.table is None:
+            if snap is not None and snap.exact is not None:
+                raise SearchError("text search needs a LanceDB-backed index (build it with SearchIndex.from_store)")
+            return []
+        if not snap.has_fts:
+            raise SearchError(
+                "the items table has no full-text index on `text`; build it with LanceStore.refresh_text_index() "
+                "(ingestion does this) and refresh the index"
+            )
+        return [h for h, _ in self._text(snap, query, k, filters)]
+
+    def _text(self, snap: _Snapshot, query: str, k: int, filters: SearchFilters) -> list[tuple[Hit, float]]:
+        from lancedb.query import MatchQuery
+
+        terms = fts_terms(query, self.config.max_query_terms)
+        if not terms:
+            return []
+        res = (
+            snap.table.search(MatchQuery(" ".join(terms), "text"), query_type="fts")
+            .where(filters.to_sql(), prefilter=True)
+            .select(_HIT_COLUMNS)
+            .limit(k)
+            .to_arrow()
+        )
+        out = []
+        for r in res.to_pylist():
+            row = snap.id_row.get(r["id"])
+            score = float(r["_score"])
+            if row is None:  # visible at this version but not in RAM cannot happen; be safe anyway
+                continue
+            out.append((snap.hit(row, score, {"bm25": score}, r.get("text"), self.config.snippet_chars), score))
+        out.sort(key=lambda p: (-p[1], p[0].id))
+        return out
+
+    # ---------------------------------------------------------------------------------------- hybrid
+    def search_hybrid(
+        self,
+        query_mv: np.ndarray,
+        query_text: str,
+        k: int,
+        *,
+        filters: SearchFilters,
+        first_stage_k: int | None = None,
+        exact_k: int | None = None,
+        rrf_k: int | None = None,
+        text_weight: float | None = None,
+    ) -> list[Hit]:
+        """Weighted reciprocal-rank fusion of the visual and text rankings.
+
+        ``score = (1 - w) / (rrf_k + rank_visual) + w / (rrf_k + rank_text)`` with 1-based ranks over the top
+        ``max(k, fusion_depth)`` of each list; an item absent from a list gets nothing from it. Without a
+        full-text index the text ranking is empty (a warning is logged) and the visual order is kept.
+        """
+        _check_k(k)
+        snap = self._snap
+        q = self._check_query(query_mv, snap)
+        if snap is None or snap.n == 0:
+            return []
+        w = self.config.text_weight if text_weight is None else float(text_weight)
+        if not 0 <= w <= 1 or math.isnan(w):
+            raise SearchError(f"text_weight must be in [0, 1], got {text_weight}")
+        rk = rrf_k or self.config.rrf_k
+        depth = max(k, self.config.fusion_depth)
+        rows, scores, stages, texts = self._visual(
+            snap, q, depth, filters, first_stage_k, max(exact_k or self.config.exact_k, depth)
+        )
+        visual = [
+            snap.hit(r, s, st, t, self.config.snippet_chars)
+            for r, s, st, t in zip(rows, scores, stages, texts, strict=True)
+        ]
+        text: list[Hit] = []
+        if snap.table is not None and snap.has_fts:
+            text = [h for h, _ in self._text(snap, query_text, depth, filters)]
+        elif snap.table is not None:
+            log.warning("hybrid search without a full-text index on `text`: visual ranking only")
+        fused: dict[str, float] = {}
+        by_id: dict[str, Hit] = {}
+        st_by_id: dict[str, dict[str, float]] = {}
+        for weight, hits in ((1.0 - w, visual), (w, text)):
+            for rank, h in enumerate(hits, start=1):
+                fused[h.id] = fused.get(h.id, 0.0) + weight / (rk + rank)
+                by_id.setdefault(h.id, h)
+                st_by_id.setdefault(h.id, {}).update(h.stage_scores)
+                if h.text and not by_id[h.id].text:
+                    by_id[h.id] = h
+        best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+        out = []
+        for i in best:
+            h = by_id[i]
+            stages = {**st_by_id[i], "rrf": fused[i]}
+            out.append(
+                Hit(
+                    id=h.id,
+                    score=fused[i],
+                    modality=h.modality,
+                    collection=h.collection,
+                    doc_id=h.doc_id,
+                    source_uri=h.source_uri,
+                    page=h.page,
+                    start_s=h.start_s,
+                    end_s=h.end_s,
+                    text=h.text,
+                    stage_scores=stages,
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _check_query(query_mv: Any, snap: _Snapshot | None) -> np.ndarray:
+        q = np.ascontiguousarray(query_mv, dtype=np.float32)
+        if q.ndim != 2 or q.shape[0] == 0:
+            raise SearchError(f"a visual query must be a [n_tokens >= 1, dim] array, got shape {q.shape}")
+        if snap is not None and snap.n and q.shape[1] != snap.dim:
+            raise SearchError(
+                f"the query has {q.shape[1]}-dimensional token vectors but the store holds {snap.dim}-dimensional "
+                "ones; embed queries with the encoder the store was built with"
+            )
+        if not np.isfinite(q).all():
+            raise SearchError("the query embedding contains NaN or infinite values")
+        return q
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_terms(query: str, max_terms: int = 64) -> list[str]:
+    """The distinct words of ``query`` (NFKC, lower-cased) in order, at most ``max_terms``: BM25's input.
+
+    Only word characters survive, so no query syntax (quotes, parentheses, ``field:``, ``*``, ``~``, ``^``)
+    ever reaches LanceDB; ``AND OR NOT`` are ordinary (stop) words.
+    """
+    if not isinstance(query, str):
+        return []
+    seen: dict[str, None] = {}
+    for w in _WORD.findall(unicodedata.normalize("NFKC", query[: 64 * max_terms]).lower()):
+        if w.replace("_", "") and len(w) <= 40:
+            seen.setdefault(w, None)
+            if len(seen) >= max_terms:
+                break
+    return list(seen)
+
+
+def _check_k(k: int) -> None:
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise SearchError(f"k must be a positive integer, got {k!r}")
+
+
+def _top_idx(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest scores (unordered)."""
+    if n >= len(scores):
+        return np.arange(len(scores))
+    return np.argpartition(-scores, n - 1)[:n]
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = _top_idx(scores, n)
+    return rows[keep], scores[keep]
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(starts[i], starts[i] + lens[i])`` for all i, without a Python loop."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    seg = np.zeros(len(lens), np.int64)
+    seg[1:] = np.cumsum(lens)[:-1]
+    return np.repeat(np.asarray(starts, np.int64) - seg, lens) + np.arange(total, dtype=np.int64)
+
+
+def _fill(
+    tokens: np.ndarray, scales: np.ndarray | None, start: int, want: int, mv: np.ndarray, store: TokenStore
+) -> int:
+    """Write one item's quantised tokens at ``start``; returns 1 if its length had to be fixed up.
+
+    A multivector whose length disagrees with ``n_tokens`` is truncated, or padded by repeating its last token
+    (a repeated token never changes a max); the exact stage reads the real multivector anyway.
+    """
+    mv = np.asarray(mv, dtype=np.float32)
+    bad = int(len(mv) != want)
+    if len(mv) == 0:
+        mv = np.zeros((1, tokens.shape[1]), np.float32)
+    if len(mv) > want:
+        mv = mv[:want]
+    elif len(mv) < want:
+        mv = np.concatenate([mv, np.repeat(mv[-1:], want - len(mv), axis=0)])
+    q, sc = _quantise(mv, store)
+    tokens[start : start + want] = q
+    if scales is not None:
+        scales[start : start + want] = sc
+    return bad
+
+
+__all__ = ["Hit", "SearchError", "SearchFilters", "SearchIndex", "SearchIndexConfig", "fts_terms"]
