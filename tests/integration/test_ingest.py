@@ -129,8 +129,11 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
         "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
     }
     cmd = [sys.executable, "-m", "mmrag.cli.main", "ingest", str(corpus["pdf"]), str(corpus["video"]), "--json"]
-    # kill -9 the first run as soon as rows are being written
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # kill -9 the first run as soon as rows are being written. It OCRs every page (~1 s each) so that rows
+    # trickle in and the kill lands mid-document: without OCR all 12 items are published within a fraction
+    # of a second of the first write, often before the kill arrives.
+    slow = {**env, "MMRAG_INGEST__OCR": "always"}
+    proc = subprocess.Popen(cmd, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     store = LanceStore(cfg.store.uri)
     while time.time() < deadline and proc.poll() is None:

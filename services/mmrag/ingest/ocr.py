@@ -7,6 +7,7 @@ call on one core (tesseract's OpenMP threads make it slower, not faster, on a bu
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -14,8 +15,6 @@ import shutil
 import subprocess
 
 from PIL import Image
-
-from mmrag.ingest.common import png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,13 @@ def ocr_image(img: Image.Image, lang: str = "eng", *, timeout_s: float = 120.0) 
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    # Uncompressed PNM on stdin: PNG-encoding a 640x480 video frame took ~180 ms, 2/3 of the OCR itself.
+    buf = io.BytesIO()
+    img.save(buf, format="PPM")
     try:
         proc = subprocess.run(
             [exe, "stdin", "stdout", "-l", lang],
-            input=png_bytes(img),
+            input=buf.getvalue(),
             capture_output=True,
             timeout=timeout_s,
             env=env,

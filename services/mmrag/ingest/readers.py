@@ -61,9 +61,11 @@ def read_any(
     *,
     kind: Kind | None = None,
     source: str | None = None,
+    render_pixels: int | None = None,
 ) -> Iterator[DecodedItem | DecodeError]:
     """Read a local file of any supported kind. ``kind`` skips detection when the caller already
-    sniffed the file (the pipeline does, when it hashes it)."""
+    sniffed the file (the pipeline does, when it hashes it). ``render_pixels`` is passed to
+    :func:`read_pdf` (render pages straight at the size the caller keeps)."""
     cfg = default_cfg(cfg)
     src = source or os.fspath(path)
     try:
@@ -91,7 +93,7 @@ def read_any(
 
     kind = kind or detect_kind(head)
     if kind == "pdf":
-        yield from read_pdf(path, cfg, source=src)
+        yield from read_pdf(path, cfg, source=src, render_pixels=render_pixels)
     elif kind == "image":
         yield from read_image(path, cfg, source=src)
     elif kind == "video":

@@ -12,12 +12,14 @@ with a more exact score:
 3. **maxsim** — exact float32 MaxSim (:func:`mmrag.models.encoder.maxsim`) over the ``exact_k`` survivors,
    whose multivectors are fetched from LanceDB by row id at the snapshot's pinned table version.
 
-Why this shape (measured on 2 cores, see ``benchmarks/results/retrieval.md``): LanceDB's flat multivector
-search is a full scan of every float32 token (seconds per query at 100k items); all float32 tokens of 100k
-items (~4.6 GB) do not fit comfortably in RAM; fetching ~2000 candidates' multivectors from LanceDB per query
-is far too slow; and centroid codes (PLAID-style, 2 B per token) ranked worse than the pooled vectors on
-clustered data. int8 tokens lose nothing measurable at stage 2 (recall of the final top-10 unchanged), so
-stage 3 only needs a few dozen rows from disk.
+Why this shape (measured on 2 shared cores, see ``benchmarks/results/retrieval.md``): LanceDB's flat multivector
+search scans every float32 token (~0.25 s per query at 1k items, tens of seconds at 100k); all float32 tokens of
+100k items (~4.4 GB) do not fit comfortably in RAM; fetching ~2000 candidates' multivectors from LanceDB per query
+is far too slow (one row costs ~0.2-0.5 ms); and both centroid codes (PLAID-style, 2 B per token, 1024-4096
+centroids) and per-item sub-centroids ranked candidates worse than the pooled vectors on clustered data. int8
+tokens lose nothing measurable (recall@10 unchanged vs float32 tokens), so stage 3 needs a few dozen rows from
+disk. The pooled stage is the recall bottleneck at 100k items: ``first_stage_k`` 1000 gave recall@10 0.945,
+2000 gave 0.977, 4000 gave 0.992.
 
 Text search uses LanceDB's full-text index on ``text`` with the filters as a prefilter; the user's words are
 passed as a :class:`lancedb.query.MatchQuery` (no query-syntax parsing, so quotes, parentheses or ``AND OR
@@ -25,8 +27,13 @@ NOT`` cannot make it raise). Filters reach LanceDB only as typed ``lancedb.expr`
 built from user text.
 
 The index is an immutable snapshot swapped on :meth:`SearchIndex.refresh`, so searches running in other
-threads never see a half-built index. torch is imported only when the token stage runs (it measured ~1.7x
-faster than numpy for that kernel here); without torch numpy is used.
+threads never see a half-built index. The maths runs in torch when it is installed (imported on first use;
+the int8 token stage measured ~1.5-2x faster than numpy) and all three stages use the same library: numpy's
+BLAS threads and torch's spinning side by side slowed the token stage 2-4x. Run torch single-threaded in the
+serving process (a Ray replica with fractional ``num_cpus`` already gets ``OMP_NUM_THREADS=1``): the index then
+scores token blocks on one Python thread per core, which do not wait on each other. With torch's own
+intra-op threads on a loaded 2-core machine every small op waits at an OpenMP barrier for a preempted thread,
+and the search was 10x slower.
 """
 
 from __future__ import annotations
@@ -82,15 +89,15 @@ class SearchIndexConfig(BaseModel):
     first_stage_k: int = Field(
         default=2000,
         ge=1,
-        description="Candidates kept by the pooled-vector stage. At 100k clustered items recall@10 of the cascade "
-        "was 0.94 with 1000 and 0.98 with 2000 (benchmarks/results/retrieval.md); cost of the token stage grows "
-        "linearly with it.",
+        description="Candidates kept by the pooled-vector stage; the token stage's cost grows linearly with it. "
+        "Recall@10 at 100k clustered items: 0.945 with 1000, 0.977 with 2000, 0.992 with 4000 "
+        "(benchmarks/results/retrieval.md).",
     )
     exact_k: int = Field(
-        default=40,
+        default=20,
         ge=1,
         description="Candidates re-scored with exact float32 MaxSim (multivectors fetched from LanceDB). The int8 "
-        "token stage ranks almost exactly, so a few times k is enough.",
+        "token stage ranks almost exactly: recall@10 was the same with 20, 40 and 80 at 10k and 100k items.",
     )
     token_store: TokenStore = Field(
         default="int8",
