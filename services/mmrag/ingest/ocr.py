@@ -7,12 +7,12 @@ call on one core (tesseract's OpenMP threads make it slower, not faster, on a bu
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 from PIL import Image
 
@@ -51,21 +51,22 @@ def ocr_image(img: Image.Image, lang: str = "eng", *, timeout_s: float = 120.0) 
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    # Uncompressed PNM on stdin: PNG-encoding a 640x480 video frame took ~180 ms, 2/3 of the OCR itself.
-    buf = io.BytesIO()
-    img.save(buf, format="PPM")
-    try:
-        proc = subprocess.run(
-            [exe, "stdin", "stdout", "-l", lang],
-            input=buf.getvalue(),
-            capture_output=True,
-            timeout=timeout_s,
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        log.warning("tesseract took over %.0f s on a %dx%d image; OCR skipped for it", timeout_s, *img.size)
-        return ""
+    # An uncompressed PNM in a temporary file: PNG-encoding a 640x480 video frame cost ~180 ms (2/3 of the
+    # OCR itself), and pushing ~1 MB through tesseract's stdin in 4 KB pipe writes sometimes cost as much.
+    with tempfile.NamedTemporaryFile(prefix="mmrag-ocr-", suffix=".pnm") as f:
+        img.save(f, format="PPM")
+        f.flush()
+        try:
+            proc = subprocess.run(
+                [exe, f.name, "stdout", "-l", lang],
+                capture_output=True,
+                timeout=timeout_s,
+                env=env,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            log.warning("tesseract took over %.0f s on a %dx%d image; OCR skipped for it", timeout_s, *img.size)
+            return ""
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", "replace").strip()
         if "Failed loading language" in err or "Error opening data file" in err:

@@ -71,9 +71,10 @@ def embedded_fields(dim: int) -> list[pa.Field]:
 def fit_pixels(img: Any, max_pixels: int) -> Any:
     """``img`` as RGB, scaled down (never up) to at most ``max_pixels``.
 
-    ``reducing_gap=1``: an area-averaging reduce by the whole factor first (what OpenCV's INTER_AREA does
-    for downscaling), then bicubic over the rest; scaling a 1 MP page to the encoder's 50 kP this way takes
-    a quarter of the time of a bicubic resize over the whole image.
+    Large reductions (a 1 MP page to the encoder's 50 kP) use ``reducing_gap=1``: an area-averaging reduce by
+    the whole factor first (what OpenCV's INTER_AREA does), then bicubic over the rest; a quarter of the time
+    of a bicubic resize over the whole image. Mild ones (under 2x, e.g. a 640x480 frame to the 250 kP stored
+    frames) are bilinear: no aliasing to fight at that ratio, and 40% cheaper than bicubic.
     """
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -82,6 +83,8 @@ def fit_pixels(img: Any, max_pixels: int) -> Any:
         return img
     scale = (max_pixels / (w * h)) ** 0.5
     size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    if scale > 0.5:
+        return img.resize(size, Image.Resampling.BILINEAR)
     return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=1.0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pymupdf
@@ -80,15 +81,17 @@ def test_subprocess_is_one_thread_with_a_timeout(monkeypatch: pytest.MonkeyPatch
     seen: dict[str, Any] = {}
 
     def fake_run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
-        seen.update(cmd=cmd, **kw)
+        seen.update(cmd=cmd, head=Path(cmd[1]).read_bytes()[:2], **kw)
         return subprocess.CompletedProcess(cmd, 0, stdout=b"  fake text\x0c\n", stderr=b"")
 
     monkeypatch.setattr(ocr.shutil, "which", lambda name: "/usr/bin/tesseract")
     monkeypatch.setattr(ocr.subprocess, "run", fake_run)
     assert ocr_image(text_image("x"), "eng+deu", timeout_s=7) == "fake text"
-    assert seen["cmd"] == ["/usr/bin/tesseract", "stdin", "stdout", "-l", "eng+deu"]
+    exe, image, *rest = seen["cmd"]
+    assert exe == "/usr/bin/tesseract" and rest == ["stdout", "-l", "eng+deu"]
+    assert seen["head"] in (b"P5", b"P6"), "an uncompressed PNM file: encoding PNG cost more than the OCR"
+    assert not Path(image).exists(), "the temporary image is removed"
     assert seen["env"]["OMP_THREAD_LIMIT"] == "1" and seen["timeout"] == 7
-    assert seen["input"][:2] in (b"P5", b"P6"), "uncompressed PNM: encoding PNG cost more than the OCR"
 
 
 def test_a_hung_tesseract_costs_one_image(monkeypatch: pytest.MonkeyPatch) -> None:
