@@ -18,6 +18,7 @@ import yaml
 from rich.console import Console
 
 from mmrag import __version__
+from mmrag.bench.cli import bench_app  # load, selftest, ingest, retrieval (issue #7); light to import
 from mmrag.config import ConfigError, MmragConfig, load_config
 
 app = typer.Typer(
@@ -29,7 +30,6 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Build and inspect model checkpoints.", no_args_is_help=True)
 config_app = typer.Typer(help="Show, validate and describe the config tree.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: load, ingestion, retrieval.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
@@ -358,12 +358,6 @@ def serve(
 def ask(ctx: typer.Context) -> None:
     """Ask a running mmrag server a question; prints the answer and its citations."""
     _not_yet("ask", 5)
-
-
-@bench_app.command("load", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench_load(ctx: typer.Context) -> None:
-    """Load-test a running deployment."""
-    _not_yet("bench load", 7)
 
 
 @app.command()

@@ -1,0 +1,88 @@
+"""``mmrag bench``: help, a short real run, clear errors, the self-test, and the benchmark wrappers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+from mmrag.cli.main import app
+
+pytestmark = pytest.mark.unit
+runner = CliRunner()
+
+
+def test_bench_help_lists_the_commands() -> None:
+    res = runner.invoke(app, ["bench", "--help"])
+    assert res.exit_code == 0
+    for cmd in ("load", "selftest", "ingest", "retrieval"):
+        assert cmd in res.output
+    res = runner.invoke(app, ["bench", "load", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--url", "--endpoint", "--concurrency", "--rate", "--duration", "--requests", "--slo", "--queries"):
+        assert opt in res.output
+
+
+def test_bench_load_short_run(trivial_server, tmp_path) -> None:
+    srv = trivial_server(tokens=3)
+    out = tmp_path / "run"
+    args = ["bench", "load", "--url", srv.url, "--endpoint", "chat", "--concurrency", "1,2", "--requests", "6"]
+    args += ["--warmup", "0", "--slo", "ttft_ms=1000,latency_ms=5000", "--out", str(out), "--no-plots", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert [r["label"] for r in summary["runs"]] == ["c=1", "c=2"]
+    assert all(r["ok"] == 6 and r["goodput_rps"] > 0 for r in summary["runs"])
+    assert summary["command"] and (out / "summary.md").is_file()
+    assert len((out / "records.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--concurrency", "1", "--rate", "2"], "not both"),
+        (["--concurrency", "one"], "comma-separated numbers"),
+        (["--slo", "p99=3"], "bad SLO"),
+        (["--endpoint", "search", "--slo", "ttft_ms=3"], "streaming endpoint"),
+        (["--endpoint", "embed"], "search, answer or chat"),
+        (["--extra-body", "[1]"], "JSON object"),
+    ],
+)
+def test_bench_load_bad_arguments_exit_2(extra, match, tmp_path) -> None:
+    res = runner.invoke(app, ["bench", "load", "--url", "http://127.0.0.1:9", "--out", str(tmp_path), *extra])
+    assert res.exit_code == 2 and match in " ".join(res.output.split()), res.output
+
+
+def test_selftest_runs_against_its_subprocess_server(tmp_path) -> None:
+    from mmrag.bench.selftest import selftest
+
+    result = selftest(seconds=0.3, warmup_s=0.1, concurrency=4, rate=200, clients=["aiohttp"], endpoints=["chat"],
+                      out=tmp_path)  # fmt: skip
+    assert [r["level"] for r in result["runs"]] == ["c=4", "rate=200/s"]
+    for r in result["runs"]:
+        assert r["ok"] == r["requests"] > 0 and r["client_ceiling_rps"] > 0
+        assert r["server_cpu_ms_per_request"] is not None
+    assert result["max_rps"]["throughput_rps"] > 0
+    assert (tmp_path / "summary.md").read_text().startswith("# Load harness self-test")
+
+
+def test_benchmark_wrappers_pass_arguments_through(monkeypatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("benchmarks.retrieval")
+    fake.main = lambda argv: seen.append(argv) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.retrieval", fake)
+    res = runner.invoke(app, ["bench", "retrieval", "--sizes", "1000", "--help"])
+    assert res.exit_code == 0 and seen == [["--sizes", "1000", "--help"]]
+
+
+def test_benchmark_wrappers_say_when_benchmarks_are_not_importable(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)  # not a checkout: no benchmarks/ here
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".") and not p.startswith("/work/main")])
+    res = runner.invoke(app, ["bench", "ingest", "--only", "stages"])
+    assert res.exit_code == 2
+    assert "root of an mmrag checkout" in " ".join(res.output.split())
