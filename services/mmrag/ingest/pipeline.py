@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from mmrag.config import MmragConfig
 from mmrag.ingest import readers, sources
+from mmrag.runtime import init_ray
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
 
@@ -129,20 +130,6 @@ def _check_ocr(cfg: MmragConfig) -> None:
         ocr_image(Image.new("RGB", (64, 32), "white"), cfg.ingest.ocr_lang, timeout_s=60)
     except OcrError as e:
         raise ValueError(str(e)) from e
-
-
-def init_ray() -> None:
-    """Join RAY_ADDRESS's cluster if set, else start a local Ray; keep their logs off the terminal."""
-    import warnings
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    with warnings.catch_warnings():
-        # the raylet is started with fork+exec, which is safe for LanceDB's runtime
-        warnings.filterwarnings("ignore", message="lancedb fork support")
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
 def ingest(

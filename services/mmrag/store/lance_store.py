@@ -207,6 +207,20 @@ class LanceStore:
         rows = self.table(S.ITEMS).search().where(where).select(list(columns)).limit(1).to_list()
         return rows[0] if rows else None
 
+    def get_items(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """id -> the chosen columns, for the visible items among ``ids`` (one scan per 500 ids)."""
+        from lancedb.expr import col, lit
+
+        if not ids or not self.has_items():
+            return {}
+        cols = list(dict.fromkeys(["id", *columns]))
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids)), 500):
+            where = (col("id").isin(chunk) & (col("visible") == lit(True))).to_sql()
+            for row in self.table(S.ITEMS).search().where(where).select(cols).limit(None).to_list():
+                out[row["id"]] = row
+        return out
+
     def count_items(self, collection: str | None = None, *, visible_only: bool = True) -> int:
         from lancedb.expr import col, lit
 

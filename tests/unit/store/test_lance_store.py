@@ -118,3 +118,13 @@ def test_full_text_index_finds_words(store: LanceStore) -> None:
     store.refresh_text_index()
     hits = store.table(S.ITEMS).search("survival", query_type="fts").limit(5).to_list()
     assert len(hits) == 3
+
+
+def test_get_items_fetches_visible_rows_in_one_call(store: LanceStore) -> None:
+    store.add_items(_rows("c", "/a.pdf", "h1", 3))
+    ids = [S.item_id("c", "/a.pdf", "h1", "page", i) for i in range(3)]
+    assert store.get_items(ids, ["page"]) == {}, "invisible rows are not served"
+    _finish(store, "c", "/a.pdf", "h1", 3)
+    got = store.get_items([ids[2], ids[0], ids[0], "f" * 32], ["page", "text"])
+    assert set(got) == {ids[0], ids[2]}
+    assert got[ids[2]] == {"id": ids[2], "page": 3, "text": "page 2"}
