@@ -1,5 +1,9 @@
-"""The search half of serving, for real: ingest with Ray Data, deploy the Serve app on a local Ray,
-and talk HTTP to /v1/search, the item image endpoints and the OpenAPI schema."""
+"""The Serve app, for real: ingest with Ray Data, deploy retriever, reranker, generator and gateway on a local
+Ray, and talk HTTP to /v1/search, /v1/answer, /v1/chat/completions (with the official openai client), the item
+image endpoints, the OpenAPI schema and Ray's Prometheus endpoint.
+
+The generator here is the echo engine inside Ray Serve LLM's LLMServer (instant, deterministic answers that quote
+the prompt); test_rag_vllm.py runs the same API with vLLM."""
 
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             "store": {"uri": str(d / "db")},
             "ingest": {"ocr": "never"},
             "server": {"port": _free_port()},
+            "generator": {"engine": "echo"},
         },
     )
     ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
@@ -129,11 +134,21 @@ def test_bad_requests_get_json_errors(served, body: dict, status: int, code: str
 def test_openapi_schema_is_complete(served) -> None:
     url, _, _ = served
     spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
-    for path in ("/v1/search", "/v1/items/{item_id}/image", "/healthz"):
+    for path in (
+        "/v1/search",
+        "/v1/answer",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/items/{item_id}/image",
+        "/healthz",
+    ):
         assert path in spec["paths"]
     req = spec["components"]["schemas"]["SearchRequest"]
     assert {"query", "k", "collection", "mode", "filters"} <= set(req["properties"])
     assert "400" in spec["paths"]["/v1/search"]["post"]["responses"]
+    ans = spec["components"]["schemas"]["AnswerResponse"]
+    assert {"answer", "citations", "timings"} <= set(ans["properties"])
+    assert "text/event-stream" in spec["paths"]["/v1/answer"]["post"]["responses"]["200"]["content"]
     assert httpx.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
 
 
@@ -149,3 +164,142 @@ def test_cli_search_in_process_and_through_the_server(served) -> None:
     assert remote.returncode == 0, remote.stderr[-2000:]
     # the tiny random model ties often, so compare scores rather than the order of tied ids
     assert [r["score"] for r in json.loads(remote.stdout)] == pytest.approx([r["score"] for r in rows], rel=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def _answer(url: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/answer", json=body, timeout=120)
+
+
+def _sse(text: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return events
+
+
+def _check_citations(cites: list[dict], store_uri: str, k: int) -> None:
+    from mmrag.store import LanceStore
+
+    assert 0 < len(cites) <= k
+    assert [c["n"] for c in cites] == list(range(1, len(cites) + 1))
+    rows = LanceStore(store_uri).get_items([c["id"] for c in cites], ["source_uri", "modality", "page", "start_s"])
+    for c in cites:
+        row = rows[c["id"]]  # every citation is an ingested, visible item
+        assert (c["source"], c["modality"], c["page"], c["start_s"]) == (
+            row["source_uri"],
+            row["modality"],
+            row["page"],
+            row["start_s"],
+        )
+
+
+def test_answer_cites_ingested_items(served) -> None:
+    url, cfg, _ = served
+    r = _answer(url, query="permutation test", k=3, collection="docs")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # the echo engine answers "echo: <images> image(s). <start of the last user message>"
+    assert body["answer"].startswith("echo: ") and body["model"] == "mmrag"
+    _check_citations(body["citations"], cfg.store.uri, 3)
+    n_img = int(body["answer"].split()[1])
+    assert 1 <= n_img <= cfg.models.generator.max_images_per_prompt, "page images reach the generator"
+    assert body["answer"].split()[3:5] == ["[1]", body["citations"][0]["source"].rsplit("/", 1)[-1] + ","]
+    assert body["citations"][0]["cited"], "the echo quotes label [1], so the answer cites it"
+    assert {"retrieve", "rerank", "prompt", "generate", "total"} <= set(body["timings"])
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_answer_streams_tokens_then_citations(served) -> None:
+    url, _, _ = served
+    plain = _answer(url, query="permutation test", k=3, collection="docs").json()
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/answer",
+        json={"query": "permutation test", "k": 3, "collection": "docs", "stream": True},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = _sse(r.read().decode())
+    kinds = [e for e, _ in events]
+    assert kinds[-2:] == ["citations", "done"] and set(kinds[:-2]) == {"token"} and len(kinds) > 3
+    assert "".join(d["text"] for e, d in events if e == "token") == plain["answer"]
+    assert events[-2][1]["citations"] == plain["citations"]
+    done = events[-1][1]
+    assert done["finish_reason"] in ("stop", "length") and done["timings"]["ttft"] <= done["timings"]["total"]
+
+
+def test_openai_client_chat_completions(served) -> None:
+    from openai import OpenAI
+
+    url, cfg, _ = served
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["mmrag"]
+    extra = {"mmrag": {"collection": "docs", "k": 2}}
+    messages = [{"role": "user", "content": "permutation test"}]
+    done = client.chat.completions.create(model="mmrag", messages=messages, max_tokens=12, extra_body=extra)
+    text = done.choices[0].message.content
+    assert text.startswith("echo: ") and done.usage.completion_tokens == len(text.split()) <= 12
+    _check_citations(done.model_extra["citations"], cfg.store.uri, 2)
+
+    chunks = list(
+        client.chat.completions.create(
+            model="mmrag",
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=extra,
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    last = [c for c in chunks if c.choices][-1]
+    assert last.choices[0].finish_reason in ("stop", "length")
+    assert last.model_extra["citations"] == done.model_extra["citations"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/answer", {"query": ""}, 400, "invalid_request"),
+        ("/v1/answer", {"query": "x", "collection": "nope"}, 404, "collection_not_found"),
+        ("/v1/answer", {"query": "x", "collection": "docs", "max_tokens": 100000}, 400, "invalid_request"),
+        ("/v1/answer", {"query": "x", "stream": "sometimes"}, 400, "invalid_request"),
+        ("/v1/chat/completions", {"messages": []}, 400, "invalid_request"),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "model_not_found",
+        ),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400, "invalid_request"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "invalid_request"),
+    ],
+)
+def test_bad_answer_requests_get_json_errors(served, path: str, body: dict, status: int, code: str) -> None:
+    url, _, _ = served
+    r = httpx.post(url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_prometheus_metrics_per_stage(served) -> None:
+    import time
+
+    import ray
+
+    url, _, _ = served
+    assert _answer(url, query="metrics please", k=2, collection="docs").status_code == 200
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:  # Ray's agent exports every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+        if 'stage="generate"' in text and "ray_serve_num_http_requests" in text:
+            break
+        time.sleep(3)
+    assert "ray_mmrag_stage_latency_ms_bucket" in text and 'stage="retrieve"' in text and 'stage="generate"' in text
+    assert "ray_mmrag_requests_total" in text and 'endpoint="answer"' in text
+    assert "ray_serve_num_http_requests" in text, "Ray Serve's own metrics come from the same endpoint"

@@ -35,11 +35,12 @@ def build_config(args: dict[str, Any] | None) -> MmragConfig:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Bind retriever, reranker and gateway with their per-profile replicas and resources."""
+    """Bind retriever, reranker, generator and gateway with their per-profile replicas and resources."""
     return build_app_from_config(build_config(args))
 
 
 def build_app_from_config(cfg: MmragConfig) -> Application:
+    """Gateway(retriever, reranker, generator); no generator with ``generator.engine: none`` (search only)."""
     from mmrag.serve.gateway import Gateway
     from mmrag.serve.reranker import Reranker
     from mmrag.serve.retriever import Retriever
@@ -47,4 +48,9 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
     tree = cfg.model_dump(mode="json")
     retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
     reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)
-    return Gateway.options(**cfg.gateway.serve_options()).bind(tree, retriever, reranker)
+    generator = None
+    if cfg.generator.engine != "none":
+        from mmrag.serve.generator import build_generator
+
+        generator = build_generator(cfg)
+    return Gateway.options(**cfg.gateway.serve_options()).bind(tree, retriever, reranker, generator)

@@ -1,4 +1,7 @@
-"""Gateway deployment: the HTTP ingress (FastAPI) that orchestrates retriever → reranker.
+"""Gateway deployment: the HTTP ingress (FastAPI) that orchestrates retriever → reranker → generator.
+
+``/v1/search`` ranks items; ``/v1/answer`` and the OpenAI-compatible ``/v1/chat/completions`` answer from them
+with citations (see :mod:`mmrag.serve.answer` for the response shapes); ``/v1/models`` lists the served model.
 
 Every error is JSON ``{"error": {"code", "message", "field"}}`` (see :mod:`mmrag.serve.schemas`),
 never an echo of the request: FastAPI's own 422 handler echoes input and crashes on NaN.
@@ -6,19 +9,26 @@ never an echo of the request: FastAPI's own 422 handler echoes input and crashes
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmrag import __version__, constants
 from mmrag.config import MmragConfig
+from mmrag.serve import answer as A
+from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.schemas import (
+    AnswerRequest,
+    AnswerResponse,
+    ChatRequest,
     ErrorResponse,
     SearchRequest,
     SearchResponse,
@@ -29,6 +39,8 @@ from mmrag.serve.schemas import (
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_BODY_BYTES = 1 << 20
 ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
+GEN_ERRORS = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+SSE = {"content": {"text/event-stream": {}}}
 
 
 class ApiError(Exception):
@@ -89,15 +101,26 @@ install_error_handlers(api)
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
 class Gateway:
-    def __init__(self, config: dict[str, Any], retriever: Any, reranker: Any, *, store: Any = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        retriever: Any,
+        reranker: Any,
+        generator: Any = None,
+        *,
+        store: Any = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.cfg = MmragConfig.model_validate(config)
         self.retriever = retriever
         self.reranker = reranker
+        self.generator = generator
         if store is None:
             from mmrag.store import LanceStore
 
             store = LanceStore.from_config(self.cfg.store)
         self.store = store
+        self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._rerank_info: dict[str, Any] | None = None
 
@@ -181,14 +204,280 @@ class Gateway:
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
         return hits[: req.k], out["mode"], collection, timings
 
+    def _build_prompt(
+        self, query: str, hits: list[dict[str, Any]], max_tokens: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """(chat messages, how many hits made it in): the images of the first hits fetched in one store call."""
+        from mmrag.serve.generator import build_prompt_sources
+
+        n_img = self.cfg.models.generator.max_images_per_prompt
+        images = self.store.get_items([h["id"] for h in hits[:n_img]], ["image"]) if n_img else {}
+        contexts = [{**h, "image": (images.get(h["id"]) or {}).get("image")} for h in hits]
+        try:
+            return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens)
+        except ValueError as e:
+            raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
+
+    def _max_tokens(self, asked: int | None) -> int:
+        m = self.cfg.models.generator
+        if asked is None:
+            return m.max_tokens
+        if asked > m.max_model_len // 2:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"max_tokens is {asked}; this deployment's model takes {m.max_model_len} tokens in all, so at most "
+                f"{m.max_model_len // 2} may go to the answer",
+                "max_tokens",
+            )
+        return asked
+
+    async def prepare_answer(
+        self,
+        query: str,
+        *,
+        k: int | None,
+        collection: str | None,
+        mode: str | None,
+        filters: Any,
+        rerank: bool,
+        max_tokens: int | None,
+    ) -> dict[str, Any]:
+        """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``."""
+        if self.generator is None:
+            raise ApiError(
+                503,
+                "no_generator",
+                "this deployment serves search only (generator.engine: none); use /v1/search, or deploy a generator",
+            )
+        t0 = time.perf_counter()
+        max_tokens = self._max_tokens(max_tokens)
+        sreq = SearchRequest(
+            query=query,
+            k=k or self.cfg.generator.contexts,
+            collection=collection,
+            mode=mode,
+            filters=filters,
+            rerank=rerank,
+        )
+        hits, mode, collection, st = await self.run_search(sreq)
+        t1 = time.perf_counter()
+        messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens)
+        timings = {
+            "retrieve": st["retrieve"],
+            "rerank": st.get("rerank", 0.0),
+            "prompt": (time.perf_counter() - t1) * 1e3,
+        }
+        return {
+            "t0": t0,
+            "hits": hits,
+            "n_used": n_used,
+            "messages": messages,
+            "mode": mode,
+            "collection": collection,
+            "max_tokens": max_tokens,
+            "timings": timings,
+        }
+
+    async def _generate(self, prep: dict[str, Any], *, stream: bool, temperature: float, extra: dict[str, Any]) -> Any:
+        from mmrag.serve.generator import GeneratorError, generate
+
+        try:
+            return await generate(
+                self.generator,
+                prep["messages"],
+                max_tokens=prep["max_tokens"],
+                stream=stream,  # type: ignore[arg-type]
+                temperature=temperature,
+                extra_body=extra or None,
+            )
+        except GeneratorError as e:
+            status = e.status if 400 <= e.status < 500 else 502
+            raise ApiError(status, "generator_error", f"the generator refused the request: {e.message}") from e
+
+    def _finish(
+        self, endpoint: str, prep: dict[str, Any], text: str, usage: Any, t_gen: float, t_first: float | None
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Citations and final timings of an answer; records the metrics."""
+        now = time.perf_counter()
+        timings = dict(prep["timings"])
+        if t_first is not None:
+            timings["ttft"] = (t_first - prep["t0"]) * 1e3
+        timings["generate"] = (now - t_gen) * 1e3
+        timings["total"] = (now - prep["t0"]) * 1e3
+        cites = A.citations(prep["hits"], prep["n_used"], text, self.cfg.server.route_prefix)
+        self.metrics.stages(endpoint, timings)
+        self.metrics.generated(endpoint, usage.completion_tokens if usage else 0, [c["modality"] for c in cites])
+        return cites, timings
+
+    async def _counted(self, endpoint: str, coro: Any) -> Any:
+        try:
+            out = await coro
+        except ApiError as e:
+            self.metrics.request(endpoint, e.status)
+            raise
+        except Exception:
+            self.metrics.request(endpoint, 500)
+            raise
+        self.metrics.request(endpoint, 200)
+        return out
+
     # ------------------------------------------------------------------------------ routes
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, req: SearchRequest) -> SearchResponse:
         """Rank pages, images and clips for a query: visual (late interaction), text (BM25) or hybrid."""
-        hits, mode, collection, timings = await self.run_search(req)
+        hits, mode, collection, timings = await self._counted("search", self.run_search(req))
+        self.metrics.stages("search", {"retrieve": timings["retrieve"], "rerank": timings.get("rerank")})
         return SearchResponse(
             results=[self._result(h) for h in hits], mode=mode, collection=collection, timings_ms=timings
         )
+
+    @api.post("/v1/answer", response_model=AnswerResponse, responses={200: SSE, **GEN_ERRORS})
+    async def answer(self, req: AnswerRequest) -> Any:
+        """Answer a question from the retrieved pages, images and clip frames, citing them as [n].
+
+        With ``stream: true`` the response is server-sent events: ``token`` ({text}) as the answer is generated,
+        then ``citations`` ({citations}), then ``done`` ({finish_reason, usage, timings}); ``error`` ({error})
+        if the generator fails after the stream started."""
+        return await self._counted("answer", self._answer(req))
+
+    async def _answer(self, req: AnswerRequest) -> Any:
+        prep = await self.prepare_answer(
+            req.query,
+            k=req.k,
+            collection=req.collection,
+            mode=req.mode,
+            filters=req.filters,
+            rerank=req.rerank,
+            max_tokens=req.max_tokens,
+        )
+        model = self.cfg.models.generator.served_model_name
+        t_gen = time.perf_counter()
+        if not req.stream:
+            gen = await self._generate(prep, stream=False, temperature=req.temperature, extra={})
+            cites, timings = self._finish("answer", prep, gen.text, gen.usage, t_gen, None)
+            return AnswerResponse(
+                answer=gen.text,
+                citations=cites,
+                model=model,
+                finish_reason=gen.finish_reason,
+                usage=vars(gen.usage),
+                collection=prep["collection"],
+                mode=prep["mode"],
+                timings=timings,
+            )
+        stream = await self._generate(prep, stream=True, temperature=req.temperature, extra={})
+
+        async def events() -> AsyncIterator[str]:
+            parts: list[str] = []
+            t_first: float | None = None
+            done = False
+            try:
+                async for delta in stream:
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    parts.append(delta)
+                    yield A.sse({"text": delta}, "token")
+                text = "".join(parts)
+                cites, timings = self._finish("answer", prep, text, stream.usage, t_gen, t_first)
+                yield A.sse({"citations": cites}, "citations")
+                usage = vars(stream.usage) if stream.usage else None
+                yield A.sse({"finish_reason": stream.finish_reason, "usage": usage, "timings": timings}, "done")
+                done = True
+            except Exception as e:
+                from mmrag.serve.generator import GeneratorError
+
+                msg = e.message if isinstance(e, GeneratorError) else "the answer failed while streaming"
+                yield A.sse(error_json("generator_error", msg), "error")
+            finally:
+                if not done:
+                    stream.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.post("/v1/chat/completions", responses={200: SSE, **GEN_ERRORS})
+    async def chat_completions(self, req: ChatRequest) -> Any:
+        """OpenAI-compatible chat: the last user message is answered from retrieved sources (RAG).
+
+        Responses are OpenAI ``chat.completion`` objects (``chat.completion.chunk`` events when streaming, ending
+        with ``data: [DONE]``) with two extra fields: ``citations`` (as in /v1/answer; on the last chunk when
+        streaming) and ``timings``. Retrieval options go in the ``mmrag`` field (``extra_body={"mmrag": {...}}``
+        in the openai client)."""
+        return await self._counted("chat", self._chat(req))
+
+    async def _chat(self, req: ChatRequest) -> Any:
+        model = self.cfg.models.generator.served_model_name
+        if req.model is not None and req.model != model:
+            raise ApiError(
+                404, "model_not_found", f"the model {req.model!r} does not exist; this server has {model!r}", "model"
+            )
+        try:
+            query = A.chat_question(req.messages)
+        except ValueError as e:
+            raise ApiError(400, "invalid_request", str(e), "messages") from e
+        opts = req.mmrag
+        prep = await self.prepare_answer(
+            query,
+            k=opts.k if opts else None,
+            collection=opts.collection if opts else None,
+            mode=opts.mode if opts else None,
+            filters=opts.filters if opts else None,
+            rerank=opts.rerank if opts else True,
+            max_tokens=req.max_completion_tokens or req.max_tokens,
+        )
+        extra = {key: v for key in A.CHAT_PASSTHROUGH if (v := (req.model_extra or {}).get(key)) is not None}
+        for key in ("top_p", "seed", "stop"):
+            if (v := getattr(req, key)) is not None:
+                extra[key] = v
+        temperature = 0.0 if req.temperature is None else req.temperature
+        shape = A.ChatShape(model)
+        t_gen = time.perf_counter()
+        if not req.stream:
+            gen = await self._generate(prep, stream=False, temperature=temperature, extra=extra)
+            cites, timings = self._finish("chat", prep, gen.text, gen.usage, t_gen, None)
+            return JSONResponse(
+                shape.completion(gen.text, gen.finish_reason, vars(gen.usage), {"citations": cites, "timings": timings})
+            )
+        stream = await self._generate(prep, stream=True, temperature=temperature, extra=extra)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def chunks() -> AsyncIterator[str]:
+            parts: list[str] = []
+            t_first: float | None = None
+            done = False
+            try:
+                yield shape.chunk({"role": "assistant", "content": ""})
+                async for delta in stream:
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                    parts.append(delta)
+                    yield shape.chunk({"content": delta})
+                cites, timings = self._finish("chat", prep, "".join(parts), stream.usage, t_gen, t_first)
+                finish = stream.finish_reason or "stop"
+                yield shape.chunk({}, finish, extra={"citations": cites, "timings": timings})
+                if include_usage:
+                    yield shape.chunk(None, usage=vars(stream.usage) if stream.usage else {})
+                done = True
+            except Exception as e:
+                from mmrag.serve.generator import GeneratorError
+
+                msg = e.message if isinstance(e, GeneratorError) else "the answer failed while streaming"
+                yield A.sse(error_json("generator_error", msg))
+            finally:
+                if not done:
+                    stream.cancel()
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        """OpenAI-compatible list of the served model (empty when no generator is deployed)."""
+        data = []
+        if self.generator is not None:
+            name = self.cfg.models.generator.served_model_name
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "mmrag", "root": name})
+        return {"object": "list", "data": data}
 
     @api.get("/v1/items/{item_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
     async def item_image(self, item_id: str) -> Response:

@@ -743,7 +743,19 @@ def build_prompt(
     max_tokens: int | None = None,
     count_tokens: TokenCounter | None = None,
 ) -> list[dict[str, Any]]:
-    """OpenAI chat messages asking the generator to answer ``query`` from ``contexts`` with citations.
+    """OpenAI chat messages for ``query`` over ``contexts``: :func:`build_prompt_sources` without the count."""
+    return build_prompt_sources(query, contexts, cfg, max_tokens=max_tokens, count_tokens=count_tokens)[0]
+
+
+def build_prompt_sources(
+    query: str,
+    contexts: Sequence[dict[str, Any]],
+    cfg: MmragConfig,
+    *,
+    max_tokens: int | None = None,
+    count_tokens: TokenCounter | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """``(messages, n)``: OpenAI chat messages asking the generator to answer ``query`` from ``contexts``, citing.
 
     ``contexts`` are ranked items (keys ``image`` JPEG bytes, ``modality``, ``source_uri``, ``page``,
     ``start_s``, ``end_s``, ``text``); the n-th is labelled ``[n]`` so an answer's ``[n]`` points at
@@ -751,7 +763,8 @@ def build_prompt(
     ``max_images_per_prompt`` with an image, that image (resized to ``image_max_pixels``); the remaining budget
     goes to the text snippets, shared out evenly. Everything fits ``max_model_len - max_tokens`` by
     ``count_tokens`` (default :func:`estimate_tokens`, an upper bound); contexts that no longer fit even
-    a label are left out, and the question is cut to a third of the budget at most.
+    a label are left out, and the question is cut to a third of the budget at most. ``n``: how many of
+    ``contexts`` (the first ``n``) made it into the prompt, i.e. which ``[n]`` an answer can cite.
     Raises ValueError when ``max_model_len`` leaves no room for the instructions and the question.
     """
     m = cfg.models.generator
@@ -816,7 +829,7 @@ def build_prompt(
         if e["text"]:
             content.append({"type": "text", "text": e["text"] + "\n"})
     content.append({"type": "text", "text": question})
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}], len(entries)
 
 
 def estimate_prompt_tokens(messages: Sequence[dict[str, Any]], count_tokens: TokenCounter | None = None) -> int:
@@ -849,6 +862,7 @@ __all__ = [
     "build_generator",
     "build_llm_config",
     "build_prompt",
+    "build_prompt_sources",
     "chat_request",
     "clean_text",
     "context_label",

@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
-
 from mmrag import constants
 from mmrag.config import MmragConfig
 
 
-def ensure_ray() -> None:
-    """Join ``RAY_ADDRESS``'s cluster when set, else start a local Ray; quiet on the terminal."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="lancedb fork support")  # fork+exec of the raylet is safe
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-
-
 def run_app(cfg: MmragConfig) -> str:
-    """Deploy the app (blocking until every replica is ready); return its base URL."""
+    """Deploy the app (blocking until every replica is ready); return its base URL.
+
+    Starts a local Ray (or joins ``RAY_ADDRESS``'s) first; a local Ray exports Prometheus metrics on
+    ``server.metrics_port``.
+    """
     from ray import serve
 
+    from mmrag.runtime import init_ray
     from mmrag.serve.app import build_app_from_config
 
-    ensure_ray()
+    init_ray(metrics_port=cfg.server.metrics_port)
     if cfg.models.uses_tiny():
         from mmrag.models.tiny import build_tiny
 
@@ -38,5 +29,20 @@ def run_app(cfg: MmragConfig) -> str:
         route_prefix=cfg.server.route_prefix,
         blocking=False,
     )
+    return base_url(cfg)
+
+
+def metrics_url() -> str | None:
+    """Ray's Prometheus endpoint on this node (Ray Serve's and mmrag's metrics), once Ray is up."""
+    import ray
+
+    try:
+        port = ray._private.worker.global_worker.node.metrics_export_port
+    except AttributeError:  # connected as a client, or not started
+        return None
+    return f"http://127.0.0.1:{port}/metrics" if port else None
+
+
+def base_url(cfg: MmragConfig) -> str:
     host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "::") else cfg.server.host
     return f"http://{host}:{cfg.server.port}{cfg.server.route_prefix.rstrip('/')}"

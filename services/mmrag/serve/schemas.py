@@ -89,6 +89,124 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Per-stage server time.")
 
 
+class AnswerRequest(_Req):
+    """POST /v1/answer."""
+
+    query: str = Field(description="The question (natural language).")
+    k: int | None = Field(
+        default=None, ge=1, description="Ranked items given to the generator (default generator.contexts)."
+    )
+    collection: str | None = Field(
+        default=None, pattern=COLLECTION_PATTERN, description="Collection to search (default: the store's default)."
+    )
+    mode: SearchMode | None = Field(default=None, description="Search mode (default: the retriever's).")
+    filters: SearchFiltersIn | None = Field(default=None, description="Optional typed filters.")
+    rerank: bool = Field(default=True, description="Re-score candidates with the reranker deployment.")
+    stream: bool = Field(
+        default=False,
+        description="Server-sent events: `token` events ({text}), then `citations` ({citations}), then `done` "
+        "({finish_reason, usage, timings}); an `error` event if the generator fails mid-answer.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Longest answer in tokens (default models.generator.max_tokens)."
+    )
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
+
+
+class Citation(BaseModel):
+    """A source handed to the generator, numbered as the answer cites it (``[n]``)."""
+
+    n: int = Field(description="The number the answer uses for this source: [n].")
+    cited: bool = Field(description="Whether the answer text cites [n].")
+    id: str = Field(description="Item id.")
+    modality: ModalityName = Field(description="page, image or clip.")
+    source: str = Field(description="Source document URI as ingested.")
+    page: int | None = Field(default=None, description="1-based page number for pages.")
+    start_s: float | None = Field(default=None, description="Clip start, seconds.")
+    end_s: float | None = Field(default=None, description="Clip end, seconds.")
+    score: float = Field(description="Retrieval (or rerank) score.")
+    snippet: str = Field(default="", description="The start of the item's text.")
+    image_url: str = Field(description="GET this for the page image / image / clip keyframe (JPEG).")
+    thumbnail_url: str = Field(description="GET this for a small PNG thumbnail.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(default=0, description="Prompt tokens, images included.")
+    completion_tokens: int = Field(default=0, description="Generated tokens.")
+    total_tokens: int = Field(default=0, description="Both.")
+
+
+class AnswerResponse(BaseModel):
+    """Response of POST /v1/answer (without ``stream``)."""
+
+    answer: str = Field(description="The generated answer; [n] marks cite citations[n - 1].")
+    citations: list[Citation] = Field(description="The sources given to the generator, in prompt order.")
+    model: str = Field(description="Served model name.")
+    finish_reason: str | None = Field(default=None, description="stop, or length when max_tokens cut it.")
+    usage: Usage = Field(default_factory=Usage, description="Token counts reported by the engine.")
+    collection: str = Field(description="The collection searched.")
+    mode: SearchMode = Field(description="The search mode used.")
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Milliseconds per stage: retrieve, rerank, prompt (fetching images and building the prompt), "
+        "ttft (request start to first token), generate (the generator call), total.",
+    )
+
+
+class ChatOptions(_Req):
+    """mmrag's own options on POST /v1/chat/completions (the ``mmrag`` field; ``extra_body`` in the openai client)."""
+
+    k: int | None = Field(default=None, ge=1, description="Ranked items given to the generator.")
+    collection: str | None = Field(default=None, pattern=COLLECTION_PATTERN, description="Collection to search.")
+    mode: SearchMode | None = Field(default=None, description="Search mode.")
+    filters: SearchFiltersIn | None = Field(default=None, description="Typed filters.")
+    rerank: bool = Field(default=True, description="Use the reranker.")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(default=False, description="Send a last chunk with usage.")
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI chat message; only the text of user messages is used (see ChatRequest)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"] = Field(description="Who speaks.")
+    content: str | list[dict[str, Any]] | None = Field(default=None, description="Text, or a list of parts.")
+
+
+class ChatRequest(BaseModel):
+    """POST /v1/chat/completions: the OpenAI request. The last user message is the question: mmrag retrieves for
+    it and answers it from the retrieved sources (earlier turns are not sent to the model). Unknown OpenAI fields
+    are ignored, as vLLM's server does; ``ignore_eos``, ``min_tokens``, ``top_k`` and the penalties are passed
+    to vLLM."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(default=None, description="Must be the served model name (GET /v1/models).")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256, description="The conversation.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Longest answer in tokens.")
+    max_completion_tokens: int | None = Field(default=None, ge=1, description="Same as max_tokens (newer name).")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature (default 0).")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling.")
+    seed: int | None = Field(default=None, description="Sampling seed.")
+    stop: str | list[str] | None = Field(default=None, description="Stop strings.")
+    n: int = Field(default=1, ge=1, le=1, description="Only 1 is supported.")
+    stream: bool = Field(default=False, description="Stream chat.completion.chunk events.")
+    stream_options: StreamOptions | None = Field(default=None, description="include_usage: a last usage chunk.")
+    mmrag: ChatOptions | None = Field(default=None, description="Retrieval options.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 16:
+            raise ValueError("at most 16 stop strings")
+        return v
+
+
 class ErrorBody(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. invalid_request, not_found.")
     message: str = Field(description="What is wrong and how to fix it.")

@@ -1,0 +1,146 @@
+"""The answer half of the gateway, as plain functions: citations, server-sent events, OpenAI response shapes.
+
+The gateway (:mod:`mmrag.serve.gateway`) runs query → retriever → reranker → prompt → generator and uses these
+to turn the ranked items and the generated text into ``/v1/answer`` and ``/v1/chat/completions`` responses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+_CITE = re.compile(r"\[\s*(\d+(?:\s*(?:[-–,;]|and)\s*\d+)*)\s*\]")
+_NUM_OR_RANGE = re.compile(r"(\d+)\s*[-–]\s*(\d+)|(\d+)")
+
+
+def cited_numbers(text: str, n_sources: int) -> set[int]:
+    """The source numbers ``text`` cites as ``[2]``, ``[1, 3]``, ``[1-3]``, within ``1..n_sources``."""
+    out: set[int] = set()
+    for m in _CITE.finditer(text or ""):
+        for a, b, single in _NUM_OR_RANGE.findall(m.group(1)):
+            if single:
+                lo = hi = int(single)
+            else:
+                lo, hi = sorted((int(a), int(b)))
+                hi = min(hi, lo + n_sources)  # a hostile [1-999999999] costs nothing
+            out.update(i for i in range(lo, hi + 1) if 1 <= i <= n_sources)
+    return out
+
+
+def citations(hits: Sequence[dict[str, Any]], n_used: int, answer: str, route_prefix: str) -> list[dict[str, Any]]:
+    """The first ``n_used`` hits (those in the prompt) as citations numbered like the prompt, flagged if cited."""
+    prefix = route_prefix.rstrip("/")
+    cited = cited_numbers(answer, n_used)
+    out = []
+    for n, h in enumerate(hits[:n_used], start=1):
+        out.append(
+            {
+                "n": n,
+                "cited": n in cited,
+                "id": h["id"],
+                "modality": h["modality"],
+                "source": h["source_uri"],
+                "page": h.get("page"),
+                "start_s": h.get("start_s"),
+                "end_s": h.get("end_s"),
+                "score": float(h["score"]),
+                "snippet": (h.get("text") or "")[:300],
+                "image_url": f"{prefix}/v1/items/{h['id']}/image",
+                "thumbnail_url": f"{prefix}/v1/items/{h['id']}/thumbnail",
+            }
+        )
+    return out
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    """One server-sent event; ``data`` as compact JSON (a string is sent as it is)."""
+    body = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {body}\n\n"
+
+
+def message_text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def chat_question(messages: Sequence[Any]) -> str:
+    """The text of the last user message of an OpenAI conversation.
+
+    Raises ValueError (with the message a client needs) when there is none, or when a user message carries an
+    image: mmrag answers from the images it retrieves, not from uploaded ones.
+    """
+    last = None
+    for m in messages:
+        if m.role == "user":
+            last = m
+            if isinstance(m.content, list):
+                for p in m.content:
+                    if isinstance(p, dict) and p.get("type") not in ("text", None):
+                        raise ValueError(
+                            f"messages: content parts of type {p.get('type')!r} are not supported; mmrag answers "
+                            "from the pages and frames it retrieves, send the question as text"
+                        )
+    if last is None:
+        raise ValueError("messages: there is no user message to answer")
+    text = message_text(last.content)
+    if not text.strip():
+        raise ValueError("messages: the last user message has no text")
+    return text
+
+
+class ChatShape:
+    """OpenAI ``chat.completion`` / ``chat.completion.chunk`` objects for one response."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _base(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def completion(
+        self, text: str, finish_reason: str | None, usage: dict[str, int], extra: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            **self._base("chat.completion"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+            **extra,
+        }
+
+    def chunk(
+        self,
+        delta: dict[str, Any] | None,
+        finish_reason: str | None = None,
+        *,
+        usage: dict[str, int] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        body = self._base("chat.completion.chunk")
+        body["choices"] = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        )
+        if usage is not None:
+            body["usage"] = usage
+        body.update(extra or {})
+        return sse(body)
+
+
+#: OpenAI request fields forwarded to vLLM as they are (sampling options load tools send).
+CHAT_PASSTHROUGH = ("ignore_eos", "min_tokens", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty")
