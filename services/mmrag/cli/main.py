@@ -341,7 +341,10 @@ def serve(
         overrides["server"] = server
     cfg = _config(profile, overrides or None)
     url = run_app(cfg)
+    from mmrag.serve.run import metrics_url
+
     console.print(f"mmrag is serving on {url} (OpenAPI: {url}/docs); Ctrl-C stops it", highlight=False)
+    console.print(f"Prometheus metrics: {metrics_url() or 'see the Ray cluster'}", highlight=False)
     import signal
     import threading
 
@@ -354,28 +357,154 @@ def serve(
     ray_serve.shutdown()
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ask(ctx: typer.Context) -> None:
-    """Ask a running mmrag server a question; prints the answer and its citations."""
-    _not_yet("ask", 5)
+def _default_url(profile: str | None) -> str:
+    from mmrag.serve.run import base_url
+
+    return base_url(_config(profile))
 
 
 @app.command()
-def demo(profile: ProfileOpt = None) -> None:
-    """The main job on the embedded default: build the tiny checkpoints and show the effective config.
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    url: Annotated[
+        str | None, typer.Option("--url", help="Server base URL (default: server.host/port of the profile).")
+    ] = None,
+    k: Annotated[int | None, typer.Option("--k", "-k", min=1, help="Sources given to the generator.")] = None,
+    collection: CollectionOpt = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="visual, text or hybrid.")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Longest answer.")] = None,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask a running mmrag server a question; prints the answer (streamed) and its citations."""
+    from mmrag.client import ServerError, describe_citation
+    from mmrag.client import ask as ask_server
 
-    (The full demo — ingest a bundled sample, serve, ask, print a cited answer — lands with the
-    generation issue.)
-    """
+    base = url or _default_url(profile)
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        out = ask_server(
+            base,
+            question,
+            k=k,
+            collection=collection,
+            mode=mode,
+            max_tokens=max_tokens,
+            stream=not as_json,
+            on_token=None if as_json else show,
+        )
+    except ServerError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    typer.echo("\n\nSources:")
+    for c in out["citations"]:
+        typer.echo("  " + describe_citation(c))
+    t = out.get("timings") or {}
+    typer.echo(
+        "\n"
+        + ", ".join(
+            f"{name} {t[name]:.0f} ms" for name in ("retrieve", "rerank", "prompt", "ttft", "total") if name in t
+        )
+    )
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Any:
+    """Point file descriptor 1 at stderr for a while: vLLM's and Ray's loggers write to stdout, and --json
+    promises one JSON document there."""
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@app.command()
+def demo(
+    profile: ProfileOpt = None,
+    question: Annotated[str | None, typer.Option("--question", "-q", help="What to ask.")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Store for the demo (default: $MMRAG_HOME/demo/lancedb).")
+    ] = None,
+    keep_serving: Annotated[
+        bool, typer.Option("--keep-serving", help="Keep the app up after the answer until Ctrl-C.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job on the embedded default: build the tiny models, ingest the bundled sample PDF and video,
+    serve the app on a local Ray, ask a question, print the cited answer, shut down."""
+    from mmrag.client import ServerError, describe_citation
+    from mmrag.demo import DEFAULT_QUESTION, NOISE_NOTICE, run_demo
+
     cfg = _config(profile)
-    if cfg.models.uses_tiny():
-        from mmrag.models.tiny import build_tiny
 
-        with console.status(f"building tiny checkpoints in {cfg.models.tiny_dir} ..."):
-            report = build_tiny(cfg.models.tiny_dir)
-        for name, info in report.items():
-            console.print(f"{name:10} {info['status']:8} {info['path']}", highlight=False)
-    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    def say(line: str) -> None:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    def on_token(text: str) -> None:
+        if not as_json:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def block(url: str) -> None:
+        console.print(f"serving on {url} (try: mmrag ask 'QUESTION' --url {url} -c demo); Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            import threading
+
+            threading.Event().wait()
+
+    tiny = cfg.models.generator.model.startswith("tiny:")
+    if tiny:
+        say("note: " + NOISE_NOTICE)
+    if not as_json:
+        say("")
+    try:
+        with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+            result = run_demo(
+                cfg,
+                db=db,
+                question=question or DEFAULT_QUESTION,
+                say=say,
+                on_token=on_token,
+                keep_serving=block if keep_serving else None,
+            )
+    except (ServerError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "question": result.question,
+                    **result.answer,
+                    "ingest": result.ingest,
+                    "seconds": result.seconds,
+                    "generator_is_noise": tiny,
+                }
+            )
+        )
+        return
+    typer.echo("\n\nSources:")
+    for c in result.answer["citations"]:
+        typer.echo("  " + describe_citation(c))
+    if tiny:
+        typer.echo(
+            "\n(The answer above comes from a tiny random-weight model: its words are noise. See the note above.)"
+        )
+    say("shut down: the app and the local Ray are stopped")
 
 
 def main() -> None:

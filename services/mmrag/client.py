@@ -1,0 +1,96 @@
+"""A small HTTP client for a running mmrag server (``mmrag ask``, the demo)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error (its JSON message), or could not be reached."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        where = f"HTTP {status}" if status else "no answer"
+        super().__init__(f"{where}: {message}")
+        self.status, self.message = status, message
+
+
+def _error_message(body: bytes | str) -> str:
+    try:
+        data = json.loads(body)
+        return str(data["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        return text[:500] or "(empty response)"
+
+
+def ask(
+    url: str,
+    query: str,
+    *,
+    k: int | None = None,
+    collection: str | None = None,
+    mode: str | None = None,
+    max_tokens: int | None = None,
+    stream: bool = True,
+    on_token: Callable[[str], None] | None = None,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    """POST /v1/answer; returns ``{answer, citations, finish_reason, usage, timings}``.
+
+    With ``stream`` the answer is read as server-sent events and ``on_token`` gets each piece as it arrives.
+    Raises :class:`ServerError` with the server's message on an error response or an ``error`` event.
+    """
+    import httpx
+
+    body = {"query": query, "k": k, "collection": collection, "mode": mode, "max_tokens": max_tokens}
+    body = {key: v for key, v in body.items() if v is not None}
+    endpoint = url.rstrip("/") + "/v1/answer"
+    try:
+        if not stream:
+            r = httpx.post(endpoint, json=body, timeout=timeout_s)
+            if r.status_code != 200:
+                raise ServerError(r.status_code, _error_message(r.content))
+            return r.json()
+        out: dict[str, Any] = {"answer": "", "citations": []}
+        parts: list[str] = []
+        with httpx.stream("POST", endpoint, json={**body, "stream": True}, timeout=timeout_s) as r:
+            if r.status_code != 200:
+                raise ServerError(r.status_code, _error_message(r.read()))
+            event = "message"
+            for line in r.iter_lines():
+                if line.startswith("event:"):
+                    event = line[len("event:") :].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[len("data:") :].strip())
+                    if event == "token":
+                        parts.append(data["text"])
+                        if on_token is not None:
+                            on_token(data["text"])
+                    elif event == "citations":
+                        out["citations"] = data["citations"]
+                    elif event == "done":
+                        out.update(data)
+                    elif event == "error":
+                        raise ServerError(200, str(data.get("error", {}).get("message", data)))
+                elif not line:
+                    event = "message"
+        out["answer"] = "".join(parts)
+        return out
+    except httpx.HTTPError as e:
+        raise ServerError(None, f"{endpoint}: {e}") from e
+
+
+def describe_citation(c: dict[str, Any]) -> str:
+    """``[2] gnuplot.pdf, page 14`` / ``[3] cup.mp4, 0.0-8.1 s``, marked when the answer cites it."""
+    name = PurePosixPath(str(c.get("source", ""))).name or c.get("source", "?")
+    if c.get("modality") == "page" and c.get("page") is not None:
+        where = f", page {c['page']}"
+    elif c.get("modality") == "clip" and c.get("start_s") is not None:
+        where = f", {c['start_s']:.1f}-{c['end_s']:.1f} s"
+    else:
+        where = ""
+    mark = "  <- cited" if c.get("cited") else ""
+    return f"[{c['n']}] {name}{where} ({c['modality']}, score {c['score']:.3f}){mark}"
