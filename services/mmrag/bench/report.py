@@ -137,8 +137,8 @@ def plot(summary: Mapping[str, Any], records_path: Path, out: Path) -> list[str]
     if streaming:
         ax2 = axes[0][1]
         for p, style in (("p50", "o-"), ("p99", "^:")):
-            ax2.plot(x, [r["ttft_ms"][p] for r in runs], style, label=f"TTFT {p}")
-            ax2.plot(x, [r["itl_ms"][p] for r in runs], style, alpha=0.6, label=f"ITL {p}")
+            ax2.plot(x, [r["ttft_ms"][p] for r in runs], style, color="C0", label=f"TTFT {p}")
+            ax2.plot(x, [r["itl_ms"][p] for r in runs], style, color="C1", label=f"ITL {p}")
         ax2.set_xlabel("throughput (requests/s)")
         ax2.set_ylabel("ms")
         ax2.set_title("time to first token, inter-token latency", fontsize=9)

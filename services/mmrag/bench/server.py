@@ -10,7 +10,8 @@ it costs as little CPU per request as Python allows: the selftest measures the *
   ``event: done`` with ``usage``;
 * ``POST /v1/chat/completions`` -> an OpenAI completion, or with ``"stream": true`` OpenAI chunks, a usage chunk
   when ``stream_options.include_usage`` is set, and ``data: [DONE]``;
-* ``GET /v1/models`` (model ``mmrag``), ``GET /healthz``, and ``GET /stats`` (requests served, most at once).
+* ``GET /v1/models`` (model ``mmrag``), ``GET /healthz`` and ``/health``, and ``GET /stats`` (requests served,
+  most at once).
 
 A query containing ``@status=NNN`` is answered with that HTTP status (to test error accounting).
 Streams wait ``ttft_ms`` before the first token and ``itl_ms`` between tokens; JSON answers to POSTs (search
@@ -132,7 +133,7 @@ class _Http(asyncio.Protocol):
             if path == "/v1/models":
                 data = {"object": "list", "data": [{"id": "mmrag", "object": "model", "owned_by": "mmrag"}]}
                 return self._json(200, data)
-            if path == "/healthz":
+            if path in ("/healthz", "/health"):  # mmrag's and vLLM's (load tools probe the latter)
                 return self._json(200, {"status": "ok"})
             if path == "/stats":
                 s = self.stats
