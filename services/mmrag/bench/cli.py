@@ -60,8 +60,10 @@ def load(
     slo: Annotated[
         str | None, typer.Option("--slo", help="Goodput SLOs in ms: latency_ms=2000,ttft_ms=500,itl_ms=50.")
     ] = None,
-    k: Annotated[int | None, typer.Option("--k", help="k for search/answer bodies (default: the server's).")] = None,
-    collection: Annotated[str | None, typer.Option("--collection", help="Collection for search/answer.")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="k (chat: in the mmrag field; default: the server's).")] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Collection to search (chat: in the mmrag field).")
+    ] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="Search mode: visual, text or hybrid.")] = None,
     model: Annotated[str, typer.Option("--model", help="Model name sent to /v1/chat/completions.")] = "mmrag",
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="max_tokens for answer/chat.")] = None,
@@ -165,6 +167,26 @@ def selftest(
     if as_json:
         typer.echo(json.dumps(result))
     console.print(f"wrote {out}/summary.json and summary.md", highlight=False)
+
+
+@bench_app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Output directories (or summary.json files) of bench load runs.")],
+    out: Annotated[Path, typer.Option("--out", help="Where compare.md/.json/.png go.")] = Path(
+        "benchmarks/results/load/compare"
+    ),
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="A label per run, in order (default: run names).")
+    ] = None,
+) -> None:
+    """Put load runs side by side (e.g. 1 vs 2 retriever replicas): a table and latency-vs-throughput lines."""
+    from mmrag.bench.report import compare as run_compare
+
+    try:
+        run_compare(runs, out, label)
+    except ValueError as e:
+        raise _fail(str(e)) from e
+    console.print(f"wrote {out}/compare.md, compare.json, compare.png", highlight=False)
 
 
 def _benchmark_main(module: str) -> Any:

@@ -183,3 +183,75 @@ def load_records(path: Path) -> Iterable[dict[str, Any]]:
     with path.open() as f:
         for line in f:
             yield json.loads(line)
+
+
+def compare(dirs: list[Path], out: Path, labels: list[str] | None = None) -> dict[str, Any]:
+    """Put several load runs side by side (e.g. 1 vs 2 retriever replicas): ``compare.md``, ``compare.json`` and
+    ``compare.png`` (latency p50/p99 against throughput, one line per run) in ``out``."""
+    runs = []
+    for i, d in enumerate(dirs):
+        path = d / "summary.json" if d.is_dir() else d
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist: give directories written by mmrag bench load")
+        s = json.loads(path.read_text())
+        runs.append((labels[i] if labels and i < len(labels) else s["name"], s))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label, s in runs:
+        for r in s["runs"]:
+            rows.append(
+                {
+                    "run": label,
+                    "level": r["label"],
+                    "throughput_rps": r["throughput_rps"],
+                    "goodput_rps": r["goodput_rps"] if r["slo"] else None,
+                    "errors": r["errors"],
+                    "latency_p50_ms": r["latency_ms"]["p50"],
+                    "latency_p99_ms": r["latency_ms"]["p99"],
+                    "ttft_p50_ms": r["ttft_ms"]["p50"],
+                    "client_saturated": r["client"]["saturated"],
+                }
+            )
+    result = {"runs": [{"label": label, "name": s["name"], "date": s["date"]} for label, s in runs], "rows": rows}
+    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Load runs compared",
+        "",
+        *[f"- **{label}**: `{s.get('command') or s['name']}` ({s['date']})" for label, s in runs],
+        "",
+        "| run | level | req/s | goodput req/s | errors | p50 ms | p99 ms | TTFT p50 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        good = "-" if x["goodput_rps"] is None else f"{x['goodput_rps']:.1f}"
+        lines.append(
+            f"| {x['run']} | {x['level']} | {x['throughput_rps']:.1f} | {good} | {x['errors']} "
+            f"| {_ms(x['latency_p50_ms'])} | {_ms(x['latency_p99_ms'])} | {_ms(x['ttft_p50_ms'])} |"
+        )
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        lines += ["", "(no plot: matplotlib is not installed; pip install 'mmrag[bench]')"]
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, (label, s) in enumerate(runs):
+            x = [r["throughput_rps"] for r in s["runs"]]
+            ax.plot(x, [r["latency_ms"]["p50"] for r in s["runs"]], "o-", color=f"C{i}", label=f"{label} p50")
+            ax.plot(x, [r["latency_ms"]["p99"] for r in s["runs"]], "^:", color=f"C{i}", label=f"{label} p99")
+            for r in s["runs"]:
+                if r["latency_ms"]["p50"] is not None:
+                    ax.annotate(r["label"], (r["throughput_rps"], r["latency_ms"]["p50"]), fontsize=7,
+                                xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.set_xlabel("throughput (requests/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "compare.png", dpi=110)
+        plt.close(fig)
+        lines += ["", "![compare](compare.png)"]
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    return result

@@ -317,11 +317,17 @@ class ChatWorkload(Workload):
             body["stream_options"] = {"include_usage": True}
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
+        # mmrag's retrieval options ride in an extra "mmrag" field of the OpenAI request
+        retrieval = _some(k=self.k, collection=self.collection, mode=self.mode)
+        if retrieval:
+            body["mmrag"] = retrieval
         return body
 
     def body(self, q: Mapping[str, Any]) -> dict[str, Any]:
         body = self.base_body(q["query"])
-        # search-side fields of a shared JSONL file mean nothing to a chat model
+        retrieval = {k: q[k] for k in ("k", "collection", "mode", "filters") if k in q}
+        if retrieval:
+            body["mmrag"] = {**body.get("mmrag", {}), **retrieval}
         body.update({k: v for k, v in q.items() if k not in ("query", "k", "collection", "mode", "filters")})
         return merge_body(body, self.extra_body)
 

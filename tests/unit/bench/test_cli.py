@@ -86,3 +86,19 @@ def test_benchmark_wrappers_say_when_benchmarks_are_not_importable(monkeypatch, 
     res = runner.invoke(app, ["bench", "ingest", "--only", "stages"])
     assert res.exit_code == 2
     assert "root of an mmrag checkout" in " ".join(res.output.split())
+
+
+def test_bench_compare_puts_runs_side_by_side(trivial_server, tmp_path) -> None:
+    srv = trivial_server()
+    for name in ("r1", "r2"):
+        args = ["bench", "load", "--url", srv.url, "-c", "1,2", "-n", "4", "--warmup", "0", "--no-plots"]
+        assert runner.invoke(app, [*args, "--out", str(tmp_path / name)]).exit_code == 0
+    runs = [str(tmp_path / "r1"), str(tmp_path / "r2" / "summary.json")]
+    labels = ["--label", "1 replica", "--label", "2 replicas"]
+    res = runner.invoke(app, ["bench", "compare", *runs, "--out", str(tmp_path / "cmp"), *labels])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| 1 replica | c=1 |" in md and "| 2 replicas | c=2 |" in md
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(app, ["bench", "compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "cmp2")])
+    assert res.exit_code == 2 and "does not exist" in res.output

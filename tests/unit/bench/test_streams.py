@@ -143,9 +143,12 @@ def test_bodies_and_queries_file(tmp_path) -> None:
         "mode": "hybrid",
         "filters": {"modalities": ["page"]},
     }
-    chat = make_workload("chat", max_tokens=8, extra_body={"temperature": 0})
+    chat = make_workload("chat", max_tokens=8, collection="docs", extra_body={"temperature": 0})
     body = json.loads(chat.bodies(qs)[0])
     assert body["messages"] == [{"role": "user", "content": "a"}] and "k" not in body and "filters" not in body
+    # retrieval options go in mmrag's extra field
+    assert body["mmrag"] == {"collection": "docs", "k": 3, "filters": {"modalities": ["page"]}}
+    assert json.loads(chat.bodies(qs)[1])["mmrag"] == {"collection": "docs"}
     assert body["stream"] and body["stream_options"] == {"include_usage": True} and body["max_tokens"] == 8
     assert body["model"] == "mmrag" and body["temperature"] == 0
     answer = make_workload("answer", stream=False, collection="c1")
