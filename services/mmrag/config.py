@@ -310,6 +310,13 @@ class GeneratorConfig(DeploymentConfig):
         description="vllm for real serving; echo is the deterministic debug engine; none deploys no generator "
         "(search only: /v1/answer and /v1/chat/completions answer 503).",
     )
+    stream_batching_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Ray Serve LLM sends a stream's tokens in batches gathered over this many ms (its default is "
+        "50). Every batch, the first included, waits up to this long: lower is a shorter time to first token, "
+        "higher is less per-token messaging under load; 0 sends every token alone.",
+    )
     contexts: int = Field(
         default=4,
         ge=1,
@@ -327,6 +334,13 @@ class ServerConfig(_Strict):
     route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the app.")
     max_query_chars: int = Field(default=4096, ge=1, description="Longest accepted query.")
     max_k: int = Field(default=100, ge=1, description="Largest k a request may ask for.")
+    prompt_cache_items: int = Field(
+        default=512,
+        ge=0,
+        description="Sources whose text and prompt-ready image the gateway keeps in memory, by item id (ids hash "
+        "the content, so an entry is never stale). Saves the store round trip and image resizing on the answer "
+        "path for pages asked about again; 0 turns it off.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=1,

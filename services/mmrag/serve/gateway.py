@@ -10,7 +10,10 @@ never an echo of the request: FastAPI's own 422 handler echoes input and crashes
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -123,6 +126,10 @@ class Gateway:
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._rerank_info: dict[str, Any] | None = None
+        # (item id, with image) -> {"text", "prepared_image"}; items are immutable (ids hash the content)
+        self._sources: collections.OrderedDict[tuple[str, bool], dict[str, Any]] = collections.OrderedDict()
+        self._sources_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="prompt")
 
     # ------------------------------------------------------------------------------ helpers
     def _known_collections(self) -> set[str]:
@@ -207,16 +214,57 @@ class Gateway:
     def _build_prompt(
         self, query: str, hits: list[dict[str, Any]], max_tokens: int
     ) -> tuple[list[dict[str, Any]], int]:
-        """(chat messages, how many hits made it in): the images of the first hits fetched in one store call."""
+        """(chat messages, how many hits made it in). Hits carry a snippet: the sources' whole text, and the
+        prompt-ready images of the first ``max_images_per_prompt``, come from the cache or one store call."""
         from mmrag.serve.generator import build_prompt_sources
 
-        n_img = self.cfg.models.generator.max_images_per_prompt
-        images = self.store.get_items([h["id"] for h in hits[:n_img]], ["image"]) if n_img else {}
-        contexts = [{**h, "image": (images.get(h["id"]) or {}).get("image")} for h in hits]
+        sources = self._sources_for(hits)
+        contexts = [{**h, "image": None, **sources.get(h["id"], {})} for h in hits]
         try:
             return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens)
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
+
+    def _sources_for(self, hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """item id -> {text, prepared_image}: from the cache, else one store call with the images prepared in
+        parallel threads (and then cached, up to ``server.prompt_cache_items``)."""
+        from mmrag.serve.generator import prepare_image
+
+        n_img = self.cfg.models.generator.max_images_per_prompt
+        out: dict[str, dict[str, Any]] = {}
+        missing: list[tuple[str, bool]] = []
+        with self._sources_lock:  # requests build prompts in worker threads
+            for i, h in enumerate(hits):
+                key = (h["id"], i < n_img)
+                if key not in self._sources and not key[1] and (h["id"], True) in self._sources:
+                    key = (h["id"], True)  # an entry with the image has the text too
+                got = self._sources.get(key)
+                if got is None:
+                    missing.append(key)
+                else:
+                    self._sources.move_to_end(key)
+                    out[h["id"]] = got if key[1] == (i < n_img) else {"text": got.get("text")}
+        if not missing:
+            return out
+        rows = self.store.get_items(
+            [k[0] for k in missing], ["image", "text"] if any(k[1] for k in missing) else ["text"]
+        )
+        todo = [k[0] for k in missing if k[1] and rows.get(k[0], {}).get("image")]
+        px = self.cfg.models.generator.image_max_pixels
+        prepared = dict(zip(todo, self._pool.map(lambda i: prepare_image(rows[i]["image"], px), todo), strict=True))
+        limit = self.cfg.server.prompt_cache_items
+        with self._sources_lock:
+            for key in missing:
+                row = rows.get(key[0])
+                if row is None:  # deleted since the search: the hit keeps its snippet, no image
+                    continue
+                value = {k: v for k, v in (("text", row.get("text")), ("prepared_image", prepared.get(key[0]))) if v}
+                out[key[0]] = value
+                if limit:
+                    self._sources[key] = value
+            while len(self._sources) > limit:
+                self._sources.popitem(last=False)
+        return out
 
     def _max_tokens(self, asked: int | None) -> int:
         m = self.cfg.models.generator

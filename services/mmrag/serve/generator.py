@@ -154,6 +154,7 @@ def build_llm_config(cfg: MmragConfig) -> LLMConfig:
         placement_group_config=placement,
         deployment_config=deployment_config,
         runtime_env={"env_vars": env} if env else None,
+        experimental_configs={"stream_batching_interval_ms": g.stream_batching_ms},
         **extra,
     )
 
@@ -757,8 +758,9 @@ def build_prompt_sources(
 ) -> tuple[list[dict[str, Any]], int]:
     """``(messages, n)``: OpenAI chat messages asking the generator to answer ``query`` from ``contexts``, citing.
 
-    ``contexts`` are ranked items (keys ``image`` JPEG bytes, ``modality``, ``source_uri``, ``page``,
-    ``start_s``, ``end_s``, ``text``); the n-th is labelled ``[n]`` so an answer's ``[n]`` points at
+    ``contexts`` are ranked items (keys ``image`` JPEG bytes, or ``prepared_image`` the result of
+    ``prepare_image(image, image_max_pixels)``, ``modality``, ``source_uri``, ``page``, ``start_s``, ``end_s``,
+    ``text``); the n-th is labelled ``[n]`` so an answer's ``[n]`` points at
     ``contexts[n - 1]``. In rank order each gets its label line and, for the first
     ``max_images_per_prompt`` with an image, that image (resized to ``image_max_pixels``); the remaining budget
     goes to the text snippets, shared out evenly. Everything fits ``max_model_len - max_tokens`` by
@@ -799,8 +801,9 @@ def build_prompt_sources(
         raw = ctx.get("text")
         raw = raw[: budget * CHARS_PER_TOKEN_CAP * 2] if isinstance(raw, str) else raw  # bound the work on huge text
         entry: dict[str, Any] = {"label": label, "image": None, "text": clean_text(raw, citations=True)}
-        if images < m.max_images_per_prompt and ctx.get("image"):
-            prepared = prepare_image(ctx["image"], m.image_max_pixels)
+        if images < m.max_images_per_prompt and (ctx.get("image") or ctx.get("prepared_image")):
+            # a caller that already ran prepare_image(image, image_max_pixels) passes its result
+            prepared = ctx.get("prepared_image") or prepare_image(ctx["image"], m.image_max_pixels)
             if prepared is not None and prepared[1] + IMAGE_WRAPPER_TOKENS <= left:
                 entry["image"] = prepared[0]
                 left -= prepared[1] + IMAGE_WRAPPER_TOKENS

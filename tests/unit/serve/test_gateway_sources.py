@@ -1,0 +1,85 @@
+"""The gateway's prompt sources: one store call per answer, then the cache; limits and deleted items."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from mmrag.config import load_config
+from mmrag.serve.gateway import Gateway
+from mmrag.serve.metrics import GatewayMetrics
+
+pytestmark = pytest.mark.unit
+
+
+def _jpeg(color: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (600, 800), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+class FakeStore:
+    def __init__(self, n: int) -> None:
+        self.rows = {f"{i:032x}": {"image": _jpeg("white"), "text": f"full text of item {i} " * 20} for i in range(n)}
+        self.calls: list[tuple[list[str], list[str]]] = []
+
+    def get_items(self, ids: list[str], columns: list[str]) -> dict[str, dict[str, Any]]:
+        self.calls.append((list(ids), list(columns)))
+        return {i: {"id": i, **{c: self.rows[i][c] for c in columns}} for i in ids if i in self.rows}
+
+
+def _gateway(store: FakeStore, cache: int = 512) -> Any:
+    cfg = load_config("local-cpu", {"server": {"prompt_cache_items": cache}}, use_env=False)
+    # @serve.ingress wraps the class (its __init__ becomes async); the class underneath is ours
+    cls = next(c for c in Gateway.func_or_class.__mro__ if "_sources_for" in vars(c))
+    return cls(cfg.model_dump(mode="json"), None, None, None, store=store, metrics=GatewayMetrics(enabled=False))
+
+
+def _hits(ids: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{i:032x}", "score": 1.0, "modality": "page", "source_uri": f"/d{i}.pdf", "page": 1,
+         "start_s": None, "end_s": None, "text": "snippet"}
+        for i in ids
+    ]  # fmt: skip
+
+
+def _images(messages: list[dict[str, Any]]) -> int:
+    return sum(1 for p in messages[1]["content"] if p["type"] == "image_url")
+
+
+def test_one_store_call_then_the_cache() -> None:
+    store = FakeStore(10)
+    gw = _gateway(store)
+    n_img = gw.cfg.models.generator.max_images_per_prompt
+    msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
+    assert n == 4 and _images(msgs) == n_img
+    assert len(store.calls) == 1 and set(store.calls[0][1]) == {"image", "text"}
+    text = " ".join(p.get("text", "") for p in msgs[1]["content"])
+    assert "full text of item 0" in text, "the whole text from the store, not the hit's snippet"
+    again, _ = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
+    assert again == msgs and len(store.calls) == 1, "asked again: nothing fetched"
+    # item 2 now ranks first, so its image is needed: fetched, the others come from the cache
+    gw._build_prompt("q", _hits([2, 0, 1, 3]), 16)
+    assert len(store.calls) == 2 and store.calls[1][0] == ["0" * 31 + "2"]
+
+
+def test_cache_is_bounded_and_can_be_off() -> None:
+    store = FakeStore(10)
+    gw = _gateway(store, cache=3)
+    gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
+    assert len(gw._sources) == 3
+    off = _gateway(store, cache=0)
+    for _ in range(2):
+        off._build_prompt("q", _hits([0, 1]), 16)
+    assert len(off._sources) == 0 and len(store.calls) == 3
+
+
+def test_an_item_deleted_since_the_search_keeps_its_snippet() -> None:
+    store = FakeStore(2)
+    gw = _gateway(store)
+    msgs, n = gw._build_prompt("q", _hits([0, 7]), 16)
+    assert n == 2 and _images(msgs) == 1
+    assert "snippet" in " ".join(p.get("text", "") for p in msgs[1]["content"])
