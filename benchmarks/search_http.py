@@ -2,10 +2,11 @@
 
     python -m benchmarks.search_http [--concurrency 1,32] [--requests 200] [--out benchmarks/results/search_http.json]
 
-Ingests the bundled sample (tests/data) into a temporary store, deploys the app on a local Ray,
-warms it up, then for each concurrency level runs a closed loop of clients (each sends its next
-request when the last one returned) and records throughput and latency percentiles. The gain from
-concurrency comes from the retriever's @serve.batch query encoding and the async replicas.
+Ingests the test PDF and video (tests/data) into a temporary store, deploys the search app (no generator) on a
+local Ray, warms it up, then for each concurrency level runs a closed loop of clients (each sends its next
+request when the last one returned) and records throughput and latency percentiles. Then it redeploys with
+``retriever.batch_max_size: 1`` and measures the highest concurrency again, so the gain that @serve.batch gives
+is measured apart from what concurrency alone gives. Writes the JSON and a Markdown report beside it.
 """
 
 from __future__ import annotations
@@ -78,12 +79,51 @@ async def _closed_loop(url: str, concurrency: int, n_requests: int, body: dict) 
     }
 
 
+def markdown(r: dict) -> str:
+    lines = [
+        "# /v1/search throughput",
+        "",
+        f"- date: {r['date']}",
+        f"- command: `{r['command']}`",
+        f"- machine: {r['machine']['cpus']} CPUs ({r['machine']['processor']}), no GPU; load average "
+        f"{[round(x, 2) for x in r['machine']['loadavg_at_start']]} at start, "
+        f"{[round(x, 2) for x in r['machine']['loadavg_at_end']]} at end",
+        f"- app: local-cpu profile, search only (no generator), mode {r['mode']}, k 10, rerank on; retriever "
+        f"@serve.batch max {r['batching']['batch_max_size']}, wait {r['batching']['wait_s']} s; one replica each",
+        "",
+        "| clients | retriever batch | requests | req/s | p50 ms | p90 ms | p99 ms | errors | vs first row |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, sp in zip(r["runs"], r["speedup_vs_first"], strict=True):
+        lines.append(
+            f"| {run['concurrency']} | {r['batching']['batch_max_size']} | {run['requests']} | "
+            f"{run['throughput_rps']:.1f} | {run['p50_ms']:.0f} | {run['p90_ms']:.0f} | {run['p99_ms']:.0f} | "
+            f"{run['errors']} | {sp:.2f}x |"
+        )
+    u = r.get("unbatched_at_max_concurrency")
+    if u:
+        lines.append(
+            f"| {u['concurrency']} | 1 | {u['requests']} | {u['throughput_rps']:.1f} | {u['p50_ms']:.0f} | "
+            f"{u['p90_ms']:.0f} | {u['p99_ms']:.0f} | {u['errors']} | "
+            f"{u['throughput_rps'] / r['runs'][0]['throughput_rps']:.2f}x |"
+        )
+    t = r["target"]
+    lines += ["", f"**Target ({t['rule']}): {'MET' if t['met'] else 'MISSED'}** — {t['ratio']:.2f}x."]
+    if u:
+        lines.append(
+            f"At {u['concurrency']} clients, batching the query encoder gives "
+            f"{r['batching_gain_at_max_concurrency']:.2f}x the throughput of the same app with batch_max_size 1."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", default="1,32")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--mode", default="visual", choices=["visual", "text", "hybrid"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_http.json"))
+    ap.add_argument("--no-unbatched", action="store_true", help="skip the batch_max_size=1 comparison")
     args = ap.parse_args(argv)
 
     from ray import serve
@@ -95,17 +135,29 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-bench-"))
     for f in ("coin.pdf", "cup.mp4"):
         shutil.copy(ROOT / "tests/data" / f, tmp / f)
-    cfg = load_config(
-        "local-cpu",
-        {"store": {"uri": str(tmp / "db")}, "ingest": {"ocr": "never"}, "server": {"port": _free_port()}},
-    )
+    over = {
+        "store": {"uri": str(tmp / "db")},
+        "ingest": {"ocr": "never"},
+        "server": {"port": _free_port()},
+        "generator": {"engine": "none"},
+    }
+    cfg = load_config("local-cpu", over)
     ingest([str(tmp / "coin.pdf"), str(tmp / "cup.mp4")], cfg)
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     url = run_app(cfg)
     ready_s = time.perf_counter() - t0
     body = {"k": 10, "mode": args.mode}
     asyncio.run(_closed_loop(url, 4, 40, body))  # warm-up: model, index, connections
-    runs = [asyncio.run(_closed_loop(url, int(c), args.requests, body)) for c in args.concurrency.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    runs = [asyncio.run(_closed_loop(url, c, args.requests, body)) for c in levels]
+    unbatched = None
+    if not args.no_unbatched:
+        serve.shutdown()
+        cfg1 = load_config("local-cpu", {**over, "retriever": {"batch_max_size": 1}})
+        url = run_app(cfg1)
+        asyncio.run(_closed_loop(url, 4, 40, body))
+        unbatched = asyncio.run(_closed_loop(url, levels[-1], args.requests, body))
     serve.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -125,8 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         "batching": {"batch_max_size": cfg.retriever.batch_max_size, "wait_s": cfg.retriever.batch_wait_timeout_s},
         "runs": runs,
         "speedup_vs_first": [r["throughput_rps"] / base for r in runs],
+        "unbatched_at_max_concurrency": unbatched,
+        "batching_gain_at_max_concurrency": unbatched and runs[-1]["throughput_rps"] / unbatched["throughput_rps"],
+        "target": {"rule": "throughput at the highest concurrency >= 3x throughput at the lowest", "ratio": None},
     }
+    result["machine"]["loadavg_at_start"] = load_start
+    result["target"]["ratio"] = result["speedup_vs_first"][-1]
+    result["target"]["met"] = result["speedup_vs_first"][-1] >= 3.0
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out).with_suffix(".md").write_text(markdown(result))
     for r, sp in zip(runs, result["speedup_vs_first"], strict=True):
         print(
             f"c={r['concurrency']:3}  {r['throughput_rps']:7.1f} req/s  p50 {r['p50_ms']:7.1f} ms  "

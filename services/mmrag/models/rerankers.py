@@ -58,12 +58,28 @@ class MaxSimReranker:
     def score(self, query: str, query_mv: np.ndarray | None, candidates: Sequence[dict[str, Any]]) -> np.ndarray:
         if query_mv is None:
             raise ValueError("the maxsim reranker needs the query's multivector")
-        mvs = self.fetch([c["id"] for c in candidates])
-        present = [i for i, c in enumerate(candidates) if c["id"] in mvs]
         out = np.full(len(candidates), -np.inf, dtype=np.float32)
+        # The retriever's last visual stage is this same exact float32 MaxSim: reuse its scores.
+        todo = []
+        for i, c in enumerate(candidates):
+            known = exact_maxsim(c)
+            if known is None:
+                todo.append(i)
+            else:
+                out[i] = known
+        if not todo:
+            return out
+        mvs = self.fetch([candidates[i]["id"] for i in todo])
+        present = [i for i in todo if candidates[i]["id"] in mvs]
         if present:
             out[present] = maxsim_torch(query_mv, [mvs[candidates[i]["id"]] for i in present])
         return out
+
+
+def exact_maxsim(candidate: dict[str, Any]) -> float | None:
+    """The exact MaxSim the retriever computed for ``candidate`` (stage score ``maxsim``), if it did."""
+    v = (candidate.get("stage_scores") or {}).get("maxsim")
+    return float(v) if v is not None and np.isfinite(v) else None
 
 
 class CrossEncoderReranker:

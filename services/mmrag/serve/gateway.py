@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmrag import __version__, constants
 from mmrag.config import MmragConfig
+from mmrag.models.rerankers import exact_maxsim
 from mmrag.serve import answer as A
 from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.schemas import (
@@ -191,6 +192,11 @@ class Gateway:
         if self._rerank_info is None:
             self._rerank_info = await self.reranker.info.remote()
         rerank = req.rerank and self._rerank_info["kind"] != "none"
+        mode = req.mode or self.cfg.retriever.default_mode
+        # Visual mode ends in exact MaxSim already: the maxsim reranker would re-derive the same order, so there is
+        # no point in widening the candidate list for it.
+        if rerank and mode == "visual" and self._rerank_info["kind"] == "maxsim":
+            rerank = False
         n = max(req.k, self.cfg.reranker.candidates) if rerank else req.k
         t0 = time.perf_counter()
         out = await self.retriever.search.remote(
@@ -202,7 +208,13 @@ class Gateway:
         )
         timings = {"retrieve": (time.perf_counter() - t0) * 1e3, **out["timings"]}
         hits = out["hits"]
-        if rerank:
+        if rerank and self._rerank_info["kind"] == "maxsim" and all(exact_maxsim(h) is not None for h in hits):
+            # Every candidate already has its exact MaxSim from the retriever's last stage (visual mode): the
+            # maxsim reranker would compute the same numbers, so the round trip is skipped.
+            t0 = time.perf_counter()
+            hits = sorted(({**h, "score": exact_maxsim(h)} for h in hits), key=lambda h: h["score"], reverse=True)
+            timings["rerank"] = (time.perf_counter() - t0) * 1e3
+        elif rerank:
             qmv = out["query_mv"]
             if qmv is None and self._rerank_info["needs_query_vectors"]:
                 qmv = await self.retriever.encode.remote(req.query)

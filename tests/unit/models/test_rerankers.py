@@ -34,6 +34,25 @@ def test_maxsim_reranker_orders_by_score_and_marks_missing() -> None:
         rr.score("q", None, [{"id": "a"}])
 
 
+def test_maxsim_reranker_reuses_the_retrievers_exact_scores() -> None:
+    q = np.eye(2, dtype=np.float32)
+    store = {"a": np.array([[1, 0]], np.float32), "b": np.array([[1, 0], [0, 1]], np.float32)}
+    fetched: list[list[str]] = []
+
+    def fetch(ids: list[str]) -> dict[str, np.ndarray]:
+        fetched.append(list(ids))
+        return {i: store[i] for i in ids if i in store}
+
+    rr = MaxSimReranker(fetch)
+    cands = [{"id": "a", "stage_scores": {"maxsim": 1.0}}, {"id": "b", "stage_scores": {"bm25": 3.0}}]
+    scores = rr.score("q", q, cands)
+    assert fetched == [["b"]], "only the text hit without an exact score is fetched"
+    assert scores.tolist() == pytest.approx([1.0, 2.0])
+    assert rr.score("q", q, cands[:1]).tolist() == [1.0] and len(fetched) == 1
+    nan = [{"id": "a", "stage_scores": {"maxsim": float("nan")}}]
+    assert rr.score("q", q, nan).tolist() == pytest.approx([1.0]) and fetched[-1] == ["a"]
+
+
 def test_cross_encoder_scores_text_candidates(tiny_dir) -> None:
     rr = CrossEncoderReranker.from_pretrained(str(tiny_dir / "cross-encoder"))
     cands = [{"id": "1", "text": "a permutation test"}, {"id": "2", "text": ""}, {"id": "3", "text": "survival"}]
