@@ -411,6 +411,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+#: A deployment scales one way: a layer that picks one of these (with a value) drops the other from the layers
+#: below, so ``MMRAG_RETRIEVER__NUM_REPLICAS=2`` works over a profile that autoscales, and vice versa.
+_SCALING_MODES = ("num_replicas", "autoscaling")
+
+
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -418,6 +423,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[k] = _deep_merge(out[k], v)
         else:
             out[k] = v
+    for mine, other in (_SCALING_MODES, _SCALING_MODES[::-1]):
+        if over.get(mine) is not None and other not in over and other in out:
+            out[other] = None
     return out
 
 
