@@ -327,7 +327,7 @@ def run_size(n: int, *, n_queries: int, lance_queries: int, seed: int, workdir: 
     log(f"[{n}] cascade: {out['cascade']}")
 
     sweep = []
-    for c1 in (250, 500, 1000, 2000, 4000):
+    for c1 in (250, 500, 1000, 1500, 2000, 4000):
         if c1 >= n and sweep:
             break
         lat, res = _timed_search(index, queries, repeats=1, first_stage_k=c1)

@@ -87,11 +87,11 @@ class SearchIndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     first_stage_k: int = Field(
-        default=2000,
+        default=1500,
         ge=1,
         description="Candidates kept by the pooled-vector stage; the token stage's cost grows linearly with it. "
-        "Recall@10 at 100k clustered items: 0.945 with 1000, 0.977 with 2000, 0.992 with 4000 "
-        "(benchmarks/results/retrieval.md).",
+        "Recall@10 at 100k clustered items: 0.945 with 1000, 0.977 with 2000, 0.992 with 4000; 1500 keeps "
+        "p50 under 50 ms there on 2 cores (benchmarks/results/retrieval.md).",
     )
     exact_k: int = Field(
         default=20,
