@@ -65,22 +65,17 @@ class LocalSearcher:
         flt = SearchFilters(collection=collection, **(filters or {}))
         rerank = rerank and self.reranker is not None
         n = max(k, self.cfg.reranker.candidates) if rerank else k
-        first_k = max(n, self.cfg.retriever.first_stage_k)
         qmv = self.encoder.embed_queries([query])[0] if mode != "text" else None
-        if mode == "visual":
-            hits = self.index.search_visual(qmv, n, first_stage_k=first_k, filters=flt)
-        elif mode == "text":
-            hits = self.index.search_text(query, n, filters=flt)
-        else:
-            hits = self.index.search_hybrid(
-                qmv,
-                query,
-                n,
-                first_stage_k=first_k,
-                filters=flt,
-                rrf_k=self.cfg.retriever.rrf_k,
-                text_weight=self.cfg.retriever.text_weight,
-            )
+        hits = self.index.search(
+            mode,
+            qmv,
+            query,
+            n,
+            filters=flt,
+            first_stage_k=max(n, self.cfg.retriever.first_stage_k),
+            rrf_k=self.cfg.retriever.rrf_k,
+            text_weight=self.cfg.retriever.text_weight,
+        )
         out = [h.to_dict() for h in hits]
         if rerank and out:
             if qmv is None and self.reranker.needs_query_vectors:

@@ -67,22 +67,17 @@ class Retriever:
             qmv = await self._encode(query)
             timings["encode_ms"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
-        first_k = max(k, self.cfg.retriever.first_stage_k)
-        if mode == "visual":
-            hits = await asyncio.to_thread(self.index.search_visual, qmv, k, first_stage_k=first_k, filters=flt)
-        elif mode == "text":
-            hits = await asyncio.to_thread(self.index.search_text, query, k, filters=flt)
-        else:
-            hits = await asyncio.to_thread(
-                self.index.search_hybrid,
-                qmv,
-                query,
-                k,
-                first_stage_k=first_k,
-                filters=flt,
-                rrf_k=self.cfg.retriever.rrf_k,
-                text_weight=self.cfg.retriever.text_weight,
-            )
+        hits = await asyncio.to_thread(
+            self.index.search,
+            mode,
+            qmv,
+            query,
+            k,
+            filters=flt,
+            first_stage_k=max(k, self.cfg.retriever.first_stage_k),
+            rrf_k=self.cfg.retriever.rrf_k,
+            text_weight=self.cfg.retriever.text_weight,
+        )
         timings["search_ms"] = (time.perf_counter() - t0) * 1e3
         return {"hits": [h.to_dict() for h in hits], "query_mv": qmv, "mode": mode, "timings": timings}
 

@@ -857,6 +857,38 @@ class SearchIndex:
         return out
 
     # ---------------------------------------------------------------------------------------- hybrid
+    def search(
+        self,
+        mode: str,
+        query_mv: np.ndarray | None,
+        query_text: str,
+        k: int,
+        *,
+        filters: SearchFilters,
+        first_stage_k: int | None = None,
+        rrf_k: int | None = None,
+        text_weight: float | None = None,
+    ) -> list[Hit]:
+        """One entry point for the three modes (the retriever deployment and the in-process searcher use it):
+        ``visual`` needs ``query_mv``, ``text`` only ``query_text``, ``hybrid`` both."""
+        if mode == "text":
+            return self.search_text(query_text, k, filters=filters)
+        if query_mv is None:
+            raise SearchError(f"{mode} search needs the query's multivector")
+        if mode == "visual":
+            return self.search_visual(query_mv, k, first_stage_k=first_stage_k, filters=filters)
+        if mode == "hybrid":
+            return self.search_hybrid(
+                query_mv,
+                query_text,
+                k,
+                first_stage_k=first_stage_k,
+                filters=filters,
+                rrf_k=rrf_k,
+                text_weight=text_weight,
+            )
+        raise SearchError(f"unknown search mode {mode!r}; use visual, text or hybrid")
+
     def search_hybrid(
         self,
         query_mv: np.ndarray,

@@ -316,6 +316,24 @@ def test_hybrid_is_weighted_reciprocal_rank_fusion(text_store) -> None:
     assert [h.id for h in index.search_hybrid(E[0][None], "?!", 3, filters=_f())] == [ids["A"], ids["B"], ids["C"]]
 
 
+def test_one_entry_point_dispatches_the_three_modes(text_store) -> None:
+    store, _ = text_store
+    index = SearchIndex.from_store(store, {"rrf_k": 60, "text_weight": 0.3})
+    q = E[0][None]
+    ids = lambda hits: [h.id for h in hits]  # noqa: E731
+    assert ids(index.search("text", None, "kaplan meier", 3, filters=_f())) == ids(
+        index.search_text("kaplan meier", 3, filters=_f())
+    )
+    assert ids(index.search("visual", q, "ignored", 3, filters=_f())) == ids(index.search_visual(q, 3, filters=_f()))
+    assert ids(index.search("hybrid", q, "kaplan meier", 3, filters=_f())) == ids(
+        index.search_hybrid(q, "kaplan meier", 3, filters=_f())
+    )
+    with pytest.raises(SearchError, match="multivector"):
+        index.search("visual", None, "x", 3, filters=_f())
+    with pytest.raises(SearchError, match="unknown search mode"):
+        index.search("semantic", q, "x", 3, filters=_f())
+
+
 HOSTILE = [
     '"unclosed',
     '"kaplan meier"',
