@@ -13,6 +13,7 @@
 #        TORCH_INDEX_URL (extra index for the CPU torch wheel on machines that do not have it
 #        locally, e.g. https://download.pytorch.org/whl/cpu).
 set -euo pipefail
+CHECKOV_VERSION=3.3.30
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -78,6 +79,14 @@ case "$action" in
     log "lint: ruff check + ruff format --check"
     "$venv/bin/ruff" check services tests benchmarks
     "$venv/bin/ruff" format --check services tests benchmarks
+    # checkov (the security scan of k8s/) pins packages that conflict with .venv's, so it gets its own venv.
+    checkov_venv="$root/.venv-checkov"
+    if ! "$checkov_venv/bin/checkov" --version 2>/dev/null | grep -qx "$CHECKOV_VERSION"; then
+      log "installing checkov $CHECKOV_VERSION into $checkov_venv"
+      "$python" -m venv --clear "$checkov_venv"
+      "$checkov_venv/bin/python" -m pip install -q "checkov==$CHECKOV_VERSION"
+    fi
+    export CHECKOV_BIN="$checkov_venv/bin/checkov"
     log "tests: pytest (unit, then integration)"
     exec "$python" -m pytest "$@"
     ;;

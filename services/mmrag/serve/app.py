@@ -45,6 +45,12 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
     from mmrag.serve.reranker import Reranker
     from mmrag.serve.retriever import Retriever
 
+    if cfg.models.uses_tiny():
+        # Replicas load the tiny checkpoints from models.tiny_dir: build them once here (a no-op when a verified
+        # build exists), so `serve run deploy/serve/local-cpu.yaml` works on a fresh machine.
+        from mmrag.models.tiny import build_tiny
+
+        build_tiny(cfg.models.tiny_dir)
     tree = cfg.model_dump(mode="json")
     retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
     reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)

@@ -18,10 +18,6 @@ def run_app(cfg: MmragConfig) -> str:
     from mmrag.serve.app import build_app_from_config
 
     init_ray(metrics_port=cfg.server.metrics_port)
-    if cfg.models.uses_tiny():
-        from mmrag.models.tiny import build_tiny
-
-        build_tiny(cfg.models.tiny_dir)  # replicas load from here; build once, not per replica
     serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
     serve.run(
         build_app_from_config(cfg),
