@@ -415,21 +415,15 @@ def ask(
     )
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Any:
-    """Point file descriptor 1 at stderr for a while: vLLM's and Ray's loggers write to stdout, and --json
-    promises one JSON document there."""
+def _json_channel() -> Any:
+    """A file on the real stdout for the one JSON document, with file descriptor 1 pointed at stderr for the
+    rest of the process: vLLM's and Ray's loggers (and their exit handlers) write to stdout."""
     import os
 
     sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return out
 
 
 @app.command()
@@ -471,31 +465,29 @@ def demo(
         say("note: " + NOISE_NOTICE)
     if not as_json:
         say("")
+    json_out = _json_channel() if as_json else None  # the only way to the real stdout from here on
     try:
-        with _stdout_to_stderr() if as_json else contextlib.nullcontext():
-            result = run_demo(
-                cfg,
-                db=db,
-                question=question or DEFAULT_QUESTION,
-                say=say,
-                on_token=on_token,
-                keep_serving=block if keep_serving else None,
-            )
+        result = run_demo(
+            cfg,
+            db=db,
+            question=question or DEFAULT_QUESTION,
+            say=say,
+            on_token=on_token,
+            keep_serving=block if keep_serving else None,
+        )
     except (ServerError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from e
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "question": result.question,
-                    **result.answer,
-                    "ingest": result.ingest,
-                    "seconds": result.seconds,
-                    "generator_is_noise": tiny,
-                }
-            )
-        )
+    if json_out is not None:
+        doc = {
+            "question": result.question,
+            **result.answer,
+            "ingest": result.ingest,
+            "seconds": result.seconds,
+            "generator_is_noise": tiny,
+        }
+        json_out.write(json.dumps(doc) + "\n")
+        json_out.flush()
         return
     typer.echo("\n\nSources:")
     for c in result.answer["citations"]:
