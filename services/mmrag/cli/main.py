@@ -478,6 +478,7 @@ def demo(
     except (ServerError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(1) from e
+    say("shut down: the app and the local Ray are stopped")
     if json_out is not None:
         doc = {
             "question": result.question,
@@ -496,7 +497,6 @@ def demo(
         typer.echo(
             "\n(The answer above comes from a tiny random-weight model: its words are noise. See the note above.)"
         )
-    say("shut down: the app and the local Ray are stopped")
 
 
 def main() -> None:
