@@ -23,8 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,26 +46,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _closed_loop(url: str, concurrency: int, n_requests: int, body: dict) -> dict:
+async def _closed_loop(url: str, concurrency: int, n_requests: int, body: dict, client_lib: str = "aiohttp") -> dict:
+    """``n_requests`` requests from ``concurrency`` clients in a closed loop; records the client's own CPU too (the
+    client shares the machine with the server: httpx costs ~20x the CPU per request of aiohttp, see
+    ``mmrag bench selftest``)."""
     latencies: list[float] = []
     errors = 0
     sent = 0
 
-    async def client(i: int, c: httpx.AsyncClient) -> None:
+    async def run(i: int, post: Any) -> None:
         nonlocal sent, errors
         while sent < n_requests:
             sent += 1
             q = QUERIES[(sent + i) % len(QUERIES)]
+            payload = json.dumps({**body, "query": q}).encode()
             t0 = time.perf_counter()
-            r = await c.post(f"{url}/v1/search", json={**body, "query": q})
+            status, data = await post(payload)
             latencies.append(time.perf_counter() - t0)
-            errors += r.status_code != 200
+            errors += status != 200 or b'"results"' not in data
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(i, c) for i in range(concurrency)))
-        wall = time.perf_counter() - t0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if client_lib == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=120), headers={"content-type": "application/json"}
+        ) as session:
+
+            async def post(payload: bytes) -> tuple[int, bytes]:
+                async with session.post(f"{url}/v1/search", data=payload) as r:
+                    return r.status, await r.read()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(run(i, post) for i in range(concurrency)))
+    else:
+        import httpx
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=120, limits=limits, headers={"content-type": "application/json"}) as c:
+
+            async def post(payload: bytes) -> tuple[int, bytes]:
+                r = await c.post(f"{url}/v1/search", content=payload)
+                return r.status_code, r.content
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(run(i, post) for i in range(concurrency)))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     lat = np.array(latencies) * 1e3
     return {
         "concurrency": concurrency,
@@ -76,6 +104,9 @@ async def _closed_loop(url: str, concurrency: int, n_requests: int, body: dict) 
         "p50_ms": float(np.percentile(lat, 50)),
         "p90_ms": float(np.percentile(lat, 90)),
         "p99_ms": float(np.percentile(lat, 99)),
+        "client": client_lib,
+        "client_cpu_per_request_ms": cpu / max(1, len(latencies)) * 1e3,
+        "client_cpu_fraction": cpu / wall,
     }
 
 
@@ -123,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--mode", default="visual", choices=["visual", "text", "hybrid"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_http.json"))
+    ap.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx"], help="HTTP client library")
     ap.add_argument("--no-unbatched", action="store_true", help="skip the batch_max_size=1 comparison")
     args = ap.parse_args(argv)
 
+    import ray
     from ray import serve
 
     from mmrag.config import load_config
@@ -140,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "ingest": {"ocr": "never"},
         "server": {"port": _free_port()},
         "generator": {"engine": "none"},
+        # One replica of each, as the report says: local-cpu autoscales to 2, and a replica starting up in the
+        # middle of a level would measure the scale-up, not batching.
+        **{d: {"num_replicas": 1} for d in ("retriever", "reranker", "gateway")},
     }
     cfg = load_config("local-cpu", over)
     ingest([str(tmp / "coin.pdf"), str(tmp / "cup.mp4")], cfg)
@@ -148,16 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     url = run_app(cfg)
     ready_s = time.perf_counter() - t0
     body = {"k": 10, "mode": args.mode}
-    asyncio.run(_closed_loop(url, 4, 40, body))  # warm-up: model, index, connections
+    asyncio.run(_closed_loop(url, 4, 40, body, args.client))  # warm-up: model, index, connections
     levels = [int(c) for c in args.concurrency.split(",")]
-    runs = [asyncio.run(_closed_loop(url, c, args.requests, body)) for c in levels]
+    runs = []
+    for c in levels:
+        runs.append(asyncio.run(_closed_loop(url, c, args.requests, body, args.client)))
+        print(f"c={c:3}  {runs[-1]['throughput_rps']:7.1f} req/s  p50 {runs[-1]['p50_ms']:7.1f} ms", flush=True)
     unbatched = None
     if not args.no_unbatched:
+        # a fresh Ray for the second app, so nothing of the first one's lingers
         serve.shutdown()
-        cfg1 = load_config("local-cpu", {**over, "retriever": {"batch_max_size": 1}})
+        ray.shutdown()
+        cfg1 = load_config("local-cpu", {**over, "retriever": {**over["retriever"], "batch_max_size": 1}})
         url = run_app(cfg1)
-        asyncio.run(_closed_loop(url, 4, 40, body))
-        unbatched = asyncio.run(_closed_loop(url, levels[-1], args.requests, body))
+        asyncio.run(_closed_loop(url, 4, 40, body, args.client))
+        unbatched = asyncio.run(_closed_loop(url, levels[-1], args.requests, body, args.client))
     serve.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 

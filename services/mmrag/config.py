@@ -282,7 +282,13 @@ class RetrieverConfig(DeploymentConfig):
     """Query encoding and first-stage search."""
 
     batch_max_size: int = Field(default=16, ge=1, description="Queries encoded together (@serve.batch).")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="Wait to fill a batch.")
+    batch_wait_timeout_s: float = Field(
+        default=0.005,
+        ge=0,
+        description="How long @serve.batch waits to fill a batch after its first query. Batches cut while the "
+        "encoder is busy are merged into its next call anyway (mmrag.serve.coalesce), so under load batches grow "
+        "without waiting; 0 adds no latency to a lone query.",
+    )
     default_mode: SearchMode = Field(default="hybrid", description="Search mode when a request names none.")
     first_stage_k: int = Field(
         default=1500,
@@ -350,6 +356,33 @@ class ServerConfig(_Strict):
         "mmrag_* per-stage metrics, at /metrics); None lets Ray pick a free one (`mmrag serve` prints it). On a "
         "cluster, `ray start --metrics-export-port` sets it.",
     )
+    ingress: Literal["haproxy", "proxy"] = Field(
+        default="haproxy",
+        description="How HTTP reaches the gateway. haproxy: Ray Serve's throughput-optimized mode "
+        "(RAY_SERVE_ENABLE_HA_PROXY=1, RAY_SERVE_THROUGHPUT_OPTIMIZED=1): HAProxy (shipped with ray[serve] on Linux) "
+        "forwards straight to the gateway replica's own HTTP server and replicas call each other over gRPC; on 2 "
+        "cores it doubled /v1/search throughput and cut ~20 ms off the time to first token "
+        "(benchmarks/results/search_http.md, answer.md). proxy: Ray Serve's Python HTTP proxy actor. These are "
+        "environment variables of the Ray processes, so they apply when mmrag starts Ray itself; a cluster sets "
+        "them where it starts Ray (the k8s/ manifests do), and the variables already in the environment win.",
+    )
+    drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="With ingress haproxy: how long a stopping gateway replica keeps answering so that load "
+        "balancers stop sending to it first (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S). Every shutdown "
+        "waits this long; local-cpu, with nothing in front of it, sets 1.",
+    )
+
+    def ray_env(self) -> dict[str, str]:
+        """Environment variables the Ray processes need for this ``ingress`` (see :func:`mmrag.runtime.init_ray`)."""
+        if self.ingress == "proxy":
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{self.drain_s:g}",
+        }
 
 
 class MmragConfig(_Strict):

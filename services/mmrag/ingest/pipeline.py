@@ -177,7 +177,7 @@ def ingest(
         summary.stage_seconds = stage_s
         return summary
 
-    init_ray()
+    init_ray(cfg.server)
     from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # after ray.data configured its loggers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,20 @@ from ray import serve
 
 from mmrag import constants
 from mmrag.config import MmragConfig
+from mmrag.serve.coalesce import Coalescer
+
+#: Batches ``@serve.batch`` may hand over while a model call runs; the coalescer merges them into the next call.
+#: max_batch_size x this stays within the profiles' max_ongoing_requests (64), as Ray Serve asks.
+MAX_CONCURRENT_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class _SearchArgs:
+    query: str
+    k: int
+    collection: str
+    mode: str
+    filters: dict[str, Any] | None
 
 
 @serve.deployment(name=constants.RETRIEVER_DEPLOYMENT)
@@ -35,13 +50,16 @@ class Retriever:
         self.encoder = encoder
         self.index = index
         # tuned per profile, not Ray's defaults
-        self._encode.set_max_batch_size(self.cfg.retriever.batch_max_size)
-        self._encode.set_batch_wait_timeout_s(self.cfg.retriever.batch_wait_timeout_s)
+        n = self.cfg.retriever.batch_max_size
+        for batched in (self._encode, self._search_batch):
+            batched.set_max_batch_size(n)
+            batched.set_batch_wait_timeout_s(self.cfg.retriever.batch_wait_timeout_s)
+        self._search_calls: Coalescer[_SearchArgs, dict[str, Any] | Exception] = Coalescer(self._run_batch, n)
+        self._encoder_calls: Coalescer[str, np.ndarray] = Coalescer(self.encoder.embed_queries, n)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _encode(self, queries: list[str]) -> list[np.ndarray]:
-        # the forward pass runs in a thread so the replica keeps accepting (and batching) requests
-        return await asyncio.to_thread(self.encoder.embed_queries, queries)
+        return await self._encoder_calls.run(queries)
 
     async def encode(self, query: str) -> np.ndarray:
         return await self._encode(query)
@@ -55,31 +73,75 @@ class Retriever:
         mode: str | None = None,
         filters: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Ranked candidates as plain dicts, plus the query multivector for the reranker."""
-        from mmrag.store.search import SearchFilters
+        """Ranked candidates as plain dicts, plus the query multivector for the reranker.
 
-        mode = mode or self.cfg.retriever.default_mode
-        flt = SearchFilters(collection=collection, **(filters or {}))
-        timings: dict[str, float] = {}
-        qmv = None
-        if mode in ("visual", "hybrid"):
-            t0 = time.perf_counter()
-            qmv = await self._encode(query)
-            timings["encode_ms"] = (time.perf_counter() - t0) * 1e3
+        Concurrent searches are batched whole (:meth:`_search_batch`): one encoder forward pass for the batch's
+        queries, then one :meth:`~mmrag.store.search.SearchIndex.search_many` over the batch, which fetches every
+        query's exact-stage multivectors from LanceDB in one take."""
         t0 = time.perf_counter()
-        hits = await asyncio.to_thread(
-            self.index.search,
-            mode,
-            qmv,
-            query,
-            k,
-            filters=flt,
-            first_stage_k=max(k, self.cfg.retriever.first_stage_k),
-            rrf_k=self.cfg.retriever.rrf_k,
-            text_weight=self.cfg.retriever.text_weight,
+        out = await self._search_batch(
+            _SearchArgs(query, k, collection, mode or self.cfg.retriever.default_mode, filters)
         )
-        timings["search_ms"] = (time.perf_counter() - t0) * 1e3
-        return {"hits": [h.to_dict() for h in hits], "query_mv": qmv, "mode": mode, "timings": timings}
+        if isinstance(out, Exception):
+            raise out
+        out["timings"] = {**out["timings"], "in_retriever_ms": (time.perf_counter() - t0) * 1e3}
+        return out
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    async def _search_batch(self, batch: list[_SearchArgs]) -> list[dict[str, Any] | Exception]:
+        # Encoder and search run in a worker thread (the event loop keeps accepting requests), one call at a time;
+        # batches cut while a call runs go into the next call together (see mmrag.serve.coalesce).
+        return await self._search_calls.run(batch)
+
+    def _run_batch(self, batch: list[_SearchArgs]) -> list[dict[str, Any] | Exception]:
+        from pydantic import ValidationError
+
+        from mmrag.store.search import SearchError, SearchFilters, SearchQuery
+
+        rcfg = self.cfg.retriever
+        t0 = time.perf_counter()
+        needs = [i for i, a in enumerate(batch) if a.mode in ("visual", "hybrid")]
+        qmvs: dict[int, np.ndarray] = {}
+        if needs:
+            qmvs = dict(zip(needs, self.encoder.embed_queries([batch[i].query for i in needs]), strict=True))
+        t1 = time.perf_counter()
+        queries: list[SearchQuery | None] = []
+        errors: dict[int, Exception] = {}
+        for i, a in enumerate(batch):
+            try:
+                flt = SearchFilters(collection=a.collection, **(a.filters or {}))
+            except ValidationError as e:
+                errors[i] = SearchError(f"filters: {e.errors()[0]['msg'] if e.errors() else e}")
+                queries.append(None)
+                continue
+            queries.append(
+                SearchQuery(
+                    a.mode,
+                    qmvs.get(i),
+                    a.query,
+                    a.k,
+                    flt,
+                    first_stage_k=max(a.k, rcfg.first_stage_k),
+                    rrf_k=rcfg.rrf_k,
+                    text_weight=rcfg.text_weight,
+                )
+            )
+        valid = [i for i, q in enumerate(queries) if q is not None]
+        found = dict(zip(valid, self.index.search_many([queries[i] for i in valid]), strict=True))
+        t2 = time.perf_counter()
+        timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "batch": float(len(batch))}
+        if not needs:
+            del timings["encode_ms"]
+        out: list[dict[str, Any] | Exception] = []
+        for i, a in enumerate(batch):
+            got = errors.get(i) or found[i]
+            if isinstance(got, Exception):
+                out.append(got)
+                continue
+            out.append(
+                {"hits": [h.to_dict() for h in got], "query_mv": qmvs.get(i), "mode": a.mode, "timings": timings}
+            )
+        return out
 
     async def check_health(self) -> None:
         """Serve calls this periodically; a failing index refresh marks the replica unhealthy."""

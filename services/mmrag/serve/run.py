@@ -17,7 +17,7 @@ def run_app(cfg: MmragConfig) -> str:
     from mmrag.runtime import init_ray
     from mmrag.serve.app import build_app_from_config
 
-    init_ray(metrics_port=cfg.server.metrics_port)
+    init_ray(cfg.server)
     serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
     serve.run(
         build_app_from_config(cfg),

@@ -38,6 +38,7 @@ and the search was 10x slower.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -373,6 +374,33 @@ def _multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> list[np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------ index
+@dataclass
+class SearchQuery:
+    """One query for :meth:`SearchIndex.search_many` (the arguments of :meth:`SearchIndex.search`)."""
+
+    mode: str
+    query_mv: np.ndarray | None
+    query_text: str
+    k: int
+    filters: SearchFilters
+    first_stage_k: int | None = None
+    exact_k: int | None = None
+    rrf_k: int | None = None
+    text_weight: float | None = None
+
+
+@dataclass
+class _Plan:
+    """A checked query with its in-RAM stages done: what the exact stage and the fusion need."""
+
+    q: np.ndarray | None = None
+    cand: np.ndarray | None = None
+    stage: dict[str, np.ndarray] = field(default_factory=dict)
+    depth: int = 0
+    text_weight: float = 0.0
+    empty: bool = False
+
+
 class SearchIndex:
     """Visual, text and hybrid search over the visible items of an mmrag store.
 
@@ -642,16 +670,7 @@ class SearchIndex:
         exact_k: int | None = None,
     ) -> list[Hit]:
         """Top ``k`` items by exact MaxSim, found through the pooled -> tokens -> exact cascade."""
-        snap = self._snap
-        q = self._check_query(query_mv, snap)
-        _check_k(k)
-        if snap is None or snap.n == 0:
-            return []
-        rows, scores, stages, texts = self._visual(snap, q, k, filters, first_stage_k, exact_k)
-        return [
-            snap.hit(r, s, st, t, self.config.snippet_chars)
-            for r, s, st, t in zip(rows, scores, stages, texts, strict=True)
-        ]
+        return self._one(SearchQuery("visual", query_mv, "", k, filters, first_stage_k=first_stage_k, exact_k=exact_k))
 
     def _visual(
         self,
@@ -662,6 +681,19 @@ class SearchIndex:
         first_stage_k: int | None,
         exact_k: int | None,
     ) -> tuple[list[int], list[float], list[dict[str, float]], list[str | None]]:
+        cand, stage = self._candidates(snap, q, k, filters, first_stage_k, exact_k)
+        return self._exact(snap, q, k, cand, stage, self._fetch_rows(snap, cand))
+
+    def _candidates(
+        self,
+        snap: _Snapshot,
+        q: np.ndarray,
+        k: int,
+        filters: SearchFilters,
+        first_stage_k: int | None,
+        exact_k: int | None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Stages 1 and 2 (in RAM): the rows whose multivectors stage 3 needs, with their stage scores."""
         cfg = self.config
         for name, v in (("first_stage_k", first_stage_k), ("exact_k", exact_k)):
             if v is not None and (not isinstance(v, int | np.integer) or v < 1):
@@ -671,7 +703,7 @@ class SearchIndex:
         mask = snap.mask(filters) & (snap.tok_len > 0)
         allowed = np.flatnonzero(mask)
         if not len(allowed):
-            return [], [], [], []
+            return allowed, {}
 
         # Stage 1: pooled vectors. Ranking by <mean(q), p> equals ranking by sum_i <q_i, p>.
         s1 = self._pooled_scores(snap, q.mean(axis=0), allowed)
@@ -683,9 +715,24 @@ class SearchIndex:
             s2 = self._token_maxsim(snap, q, cand)
             keep = _top_idx(s2, c2)
             cand, stage = cand[keep], {"pooled": s1c[keep], "tokens": s2[keep]}
+        return cand, stage
 
-        # Stage 3: exact float32 MaxSim over multivectors from LanceDB (or the arrays given).
-        mvs, texts = self._fetch(snap, cand)
+    def _exact(
+        self,
+        snap: _Snapshot,
+        q: np.ndarray,
+        k: int,
+        cand: np.ndarray,
+        stage: dict[str, np.ndarray],
+        fetched: dict[int, tuple[np.ndarray, str | None]],
+    ) -> tuple[list[int], list[float], list[dict[str, float]], list[str | None]]:
+        """Stage 3: exact float32 MaxSim over the candidates' multivectors (``fetched``: row -> (multivector, text)),
+        top ``k``."""
+        if not len(cand):
+            return [], [], [], []
+        empty = (np.zeros((0, snap.dim), np.float32), None)
+        pairs = [fetched.get(int(r), empty) for r in cand]
+        mvs, texts = [p[0] for p in pairs], [p[1] for p in pairs]
         ok = np.array([len(m) > 0 for m in mvs], dtype=bool)
         s3 = np.full(len(cand), -np.inf, np.float32)
         if ok.any():
@@ -799,23 +846,29 @@ class SearchIndex:
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
-    def _fetch(self, snap: _Snapshot, rows: np.ndarray) -> tuple[list[np.ndarray], list[str | None]]:
+    def _fetch_rows(
+        self, snap: _Snapshot, rows: Sequence[int] | np.ndarray
+    ) -> dict[int, tuple[np.ndarray, str | None]]:
+        """row -> (float32 multivector, text) for ``rows``, in one LanceDB take at the snapshot's version (or from
+        the arrays given). Rows deleted meanwhile are absent."""
+        rows = sorted({int(r) for r in rows})
+        if not rows:
+            return {}
         if snap.exact is not None:
-            return [snap.exact[r] for r in rows], [snap.texts[r] if snap.texts else None for r in rows]
+            return {r: (snap.exact[r], snap.texts[r] if snap.texts else None) for r in rows}
         got = snap.table.take_row_ids([int(snap.row_ids[r]) for r in rows]).select(["id", "multivector", "text"])
         tbl = got.to_arrow()
-        by_id = {
-            i: (m, t)
-            for i, m, t in zip(
-                tbl.column("id").to_pylist(),
-                _multivectors(tbl.column("multivector"), snap.dim),
-                tbl.column("text").to_pylist(),
-                strict=True,
-            )
-        }
-        empty = np.zeros((0, snap.dim), np.float32)
-        pairs = [by_id.get(snap.ids[r], (empty, None)) for r in rows]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+        out: dict[int, tuple[np.ndarray, str | None]] = {}
+        for i, m, t in zip(
+            tbl.column("id").to_pylist(),
+            _multivectors(tbl.column("multivector"), snap.dim),
+            tbl.column("text").to_pylist(),
+            strict=True,
+        ):
+            row = snap.id_row.get(i)
+            if row is not None:
+                out[row] = (m, t)
+        return out
 
     # ---------------------------------------------------------------------------------------- text
     def search_text(self, query: str, k: int, *, filters: SearchFilters) -> list[Hit]:
@@ -871,23 +924,18 @@ class SearchIndex:
     ) -> list[Hit]:
         """One entry point for the three modes (the retriever deployment and the in-process searcher use it):
         ``visual`` needs ``query_mv``, ``text`` only ``query_text``, ``hybrid`` both."""
-        if mode == "text":
-            return self.search_text(query_text, k, filters=filters)
-        if query_mv is None:
-            raise SearchError(f"{mode} search needs the query's multivector")
-        if mode == "visual":
-            return self.search_visual(query_mv, k, first_stage_k=first_stage_k, filters=filters)
-        if mode == "hybrid":
-            return self.search_hybrid(
+        return self._one(
+            SearchQuery(
+                mode,
                 query_mv,
                 query_text,
                 k,
+                filters,
                 first_stage_k=first_stage_k,
-                filters=filters,
                 rrf_k=rrf_k,
                 text_weight=text_weight,
             )
-        raise SearchError(f"unknown search mode {mode!r}; use visual, text or hybrid")
+        )
 
     def search_hybrid(
         self,
@@ -907,59 +955,103 @@ class SearchIndex:
         ``max(k, fusion_depth)`` of each list; an item absent from a list gets nothing from it. Without a
         full-text index the text ranking is empty (a warning is logged) and the visual order is kept.
         """
-        _check_k(k)
-        snap = self._snap
-        q = self._check_query(query_mv, snap)
-        if snap is None or snap.n == 0:
-            return []
-        w = self.config.text_weight if text_weight is None else float(text_weight)
-        if not 0 <= w <= 1 or math.isnan(w):
-            raise SearchError(f"text_weight must be in [0, 1], got {text_weight}")
-        rk = rrf_k or self.config.rrf_k
-        depth = max(k, self.config.fusion_depth)
-        rows, scores, stages, texts = self._visual(
-            snap, q, depth, filters, first_stage_k, max(exact_k or self.config.exact_k, depth)
+        return self._one(
+            SearchQuery(
+                "hybrid",
+                query_mv,
+                query_text,
+                k,
+                filters,
+                first_stage_k=first_stage_k,
+                exact_k=exact_k,
+                rrf_k=rrf_k,
+                text_weight=text_weight,
+            )
         )
+
+    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Hit] | SearchError]:
+        """Search a batch of queries (any modes) against one snapshot; a query's :class:`SearchError` is returned
+        in its place, so one bad query does not fail the others.
+
+        The in-RAM stages run per query; the exact stage's multivectors come from **one** LanceDB take for the
+        union of every visual and hybrid query's candidates, where one query at a time pays the take's fixed cost
+        (most of a small store's search time) for each query. Results are those of the one-query methods.
+        """
+        snap = self._snap
+        plans: list[_Plan | SearchError] = []
+        for sq in queries:
+            try:
+                plans.append(self._plan(snap, sq))
+            except SearchError as e:
+                plans.append(e)
+        wanted = [r for p in plans if isinstance(p, _Plan) and p.cand is not None for r in p.cand.tolist()]
+        fetched = self._fetch_rows(snap, wanted) if wanted and snap is not None else {}
+        out: list[list[Hit] | SearchError] = []
+        for sq, plan in zip(queries, plans, strict=True):
+            if isinstance(plan, SearchError):
+                out.append(plan)
+                continue
+            try:
+                out.append(self._finish(snap, sq, plan, fetched))
+            except SearchError as e:
+                out.append(e)
+        return out
+
+    def _one(self, sq: SearchQuery) -> list[Hit]:
+        got = self.search_many([sq])[0]
+        if isinstance(got, SearchError):
+            raise got
+        return got
+
+    def _plan(self, snap: _Snapshot | None, sq: SearchQuery) -> _Plan:
+        """Checks a query and runs its in-RAM visual stages (no I/O)."""
+        if sq.mode == "text":
+            _check_k(sq.k)
+            return _Plan()
+        if sq.mode not in ("visual", "hybrid"):
+            raise SearchError(f"unknown search mode {sq.mode!r}; use visual, text or hybrid")
+        if sq.query_mv is None:
+            raise SearchError(f"{sq.mode} search needs the query's multivector")
+        q = self._check_query(sq.query_mv, snap)
+        _check_k(sq.k)
+        if snap is None or snap.n == 0:
+            return _Plan(q=q, empty=True)
+        if sq.mode == "visual":
+            cand, stage = self._candidates(snap, q, sq.k, sq.filters, sq.first_stage_k, sq.exact_k)
+            return _Plan(q=q, cand=cand, stage=stage, depth=sq.k)
+        w = self.config.text_weight if sq.text_weight is None else float(sq.text_weight)
+        if not 0 <= w <= 1 or math.isnan(w):
+            raise SearchError(f"text_weight must be in [0, 1], got {sq.text_weight}")
+        depth = max(sq.k, self.config.fusion_depth)
+        exact_k = max(sq.exact_k or self.config.exact_k, depth)
+        cand, stage = self._candidates(snap, q, depth, sq.filters, sq.first_stage_k, exact_k)
+        return _Plan(q=q, cand=cand, stage=stage, depth=depth, text_weight=w)
+
+    def _finish(
+        self,
+        snap: _Snapshot | None,
+        sq: SearchQuery,
+        plan: _Plan,
+        fetched: dict[int, tuple[np.ndarray, str | None]],
+    ) -> list[Hit]:
+        if sq.mode == "text":
+            return self.search_text(sq.query_text, sq.k, filters=sq.filters)
+        if plan.empty or snap is None:
+            return []
+        assert plan.q is not None and plan.cand is not None
+        rows, scores, stages, texts = self._exact(snap, plan.q, plan.depth, plan.cand, plan.stage, fetched)
         visual = [
             snap.hit(r, s, st, t, self.config.snippet_chars)
             for r, s, st, t in zip(rows, scores, stages, texts, strict=True)
         ]
+        if sq.mode == "visual":
+            return visual
         text: list[Hit] = []
         if snap.table is not None and snap.has_fts:
-            text = [h for h, _ in self._text(snap, query_text, depth, filters)]
+            text = [h for h, _ in self._text(snap, sq.query_text, plan.depth, sq.filters)]
         elif snap.table is not None:
             log.warning("hybrid search without a full-text index on `text`: visual ranking only")
-        fused: dict[str, float] = {}
-        by_id: dict[str, Hit] = {}
-        st_by_id: dict[str, dict[str, float]] = {}
-        for weight, hits in ((1.0 - w, visual), (w, text)):
-            for rank, h in enumerate(hits, start=1):
-                fused[h.id] = fused.get(h.id, 0.0) + weight / (rk + rank)
-                by_id.setdefault(h.id, h)
-                st_by_id.setdefault(h.id, {}).update(h.stage_scores)
-                if h.text and not by_id[h.id].text:
-                    by_id[h.id] = h
-        best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
-        out = []
-        for i in best:
-            h = by_id[i]
-            stages = {**st_by_id[i], "rrf": fused[i]}
-            out.append(
-                Hit(
-                    id=h.id,
-                    score=fused[i],
-                    modality=h.modality,
-                    collection=h.collection,
-                    doc_id=h.doc_id,
-                    source_uri=h.source_uri,
-                    page=h.page,
-                    start_s=h.start_s,
-                    end_s=h.end_s,
-                    text=h.text,
-                    stage_scores=stages,
-                )
-            )
-        return out
+        return _fuse(visual, text, sq.k, plan.text_weight, sq.rrf_k or self.config.rrf_k)
 
     # ---------------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -975,6 +1067,22 @@ class SearchIndex:
         if not np.isfinite(q).all():
             raise SearchError("the query embedding contains NaN or infinite values")
         return q
+
+
+def _fuse(visual: list[Hit], text: list[Hit], k: int, w: float, rk: int) -> list[Hit]:
+    """Weighted reciprocal-rank fusion (see :meth:`SearchIndex.search_hybrid`)."""
+    fused: dict[str, float] = {}
+    by_id: dict[str, Hit] = {}
+    st_by_id: dict[str, dict[str, float]] = {}
+    for weight, hits in ((1.0 - w, visual), (w, text)):
+        for rank, h in enumerate(hits, start=1):
+            fused[h.id] = fused.get(h.id, 0.0) + weight / (rk + rank)
+            by_id.setdefault(h.id, h)
+            st_by_id.setdefault(h.id, {}).update(h.stage_scores)
+            if h.text and not by_id[h.id].text:
+                by_id[h.id] = h
+    best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+    return [dataclasses.replace(by_id[i], score=fused[i], stage_scores={**st_by_id[i], "rrf": fused[i]}) for i in best]
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

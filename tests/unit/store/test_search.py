@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from mmrag.models.encoder import maxsim
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
-from mmrag.store.search import Hit, SearchError, SearchFilters, SearchIndex, fts_terms
+from mmrag.store.search import Hit, SearchError, SearchFilters, SearchIndex, SearchQuery, fts_terms
 
 pytestmark = pytest.mark.unit
 DIM = 8
@@ -332,6 +332,44 @@ def test_one_entry_point_dispatches_the_three_modes(text_store) -> None:
         index.search("visual", None, "x", 3, filters=_f())
     with pytest.raises(SearchError, match="unknown search mode"):
         index.search("semantic", q, "x", 3, filters=_f())
+
+
+def test_search_many_equals_one_at_a_time_with_one_store_take(text_store, monkeypatch) -> None:
+    store, ids = text_store
+    index = SearchIndex.from_store(store, {"rrf_k": 60, "text_weight": 0.3})
+    queries = [
+        SearchQuery("visual", E[0][None], "", 3, _f()),
+        SearchQuery("hybrid", E[1][None], "kaplan meier", 2, _f()),
+        SearchQuery("text", None, "kaplan", 3, _f()),
+        SearchQuery("visual", None, "", 3, _f()),  # bad: no multivector
+        SearchQuery("visual", E[0][None], "", 3, _f("other")),  # nothing in that collection
+        SearchQuery("visual", np.full((1, DIM), np.nan, np.float32), "", 3, _f()),  # bad: NaN
+        SearchQuery("hybrid", E[0][None], "cats", 3, _f(), text_weight=2.0),  # bad weight
+    ]
+    one = [
+        index.search_visual(E[0][None], 3, filters=_f()),
+        index.search_hybrid(E[1][None], "kaplan meier", 2, filters=_f()),
+        index.search_text("kaplan", 3, filters=_f()),
+    ]
+    takes: list[int] = []
+    real_take = type(index)._fetch_rows
+
+    def counting(self, snap, rows):
+        got = real_take(self, snap, rows)
+        takes.append(len(got))
+        return got
+
+    monkeypatch.setattr(type(index), "_fetch_rows", counting)
+    out = index.search_many(queries)
+    assert len(takes) == 1 and takes[0] == 3  # the union of both visual stages' candidates, fetched once
+    for got, want in zip(out[:3], one, strict=True):
+        assert [(h.id, h.score, h.stage_scores) for h in got] == [(h.id, h.score, h.stage_scores) for h in want]
+    assert [h.id for h in out[1]] == [ids["C"], ids["B"]]
+    assert out[4] == []
+    for bad, msg in zip(out[3:], ("multivector", None, "NaN", "text_weight"), strict=True):
+        if msg is not None:
+            assert isinstance(bad, SearchError) and msg in str(bad)
+    assert index.search_many([]) == []
 
 
 HOSTILE = [
