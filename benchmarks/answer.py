@@ -257,12 +257,14 @@ def markdown(r: dict[str, Any]) -> str:
         f"Same prompts: prompt_tokens equal in {r['same_prompt_tokens']} of {r['queries']} pairs; same first "
         f"answer text in {r['same_text']} of {r['queries']} (greedy decoding).",
         "",
-        "What is left in the excess: building the prompt (one LanceDB call for the sources' text and images, "
-        "about 10 ms of it query overhead, and resizing the images to the model's budget, JPEG/base64), and the "
-        "hops proxy -> gateway -> generator replica that bare vLLM does not have. The gateway caches the sources' "
-        "text and prompt-ready images by item id (`server.prompt_cache_items`; ids hash the content), so a "
-        "question about pages asked about before skips the store and the resizing: the first-time and repeat "
-        "rows split that out. The questions cycle through a list of ten, the first three being warm-up.",
+        "What is left in the excess: the gateway's own work (parsing the request; building the prompt, which for "
+        "a source not seen before is one LanceDB call for its text and image plus resizing the image, JPEG/base64), "
+        "the hop from HAProxy into the gateway replica, and the gRPC stream from the generator replica to the "
+        "gateway, none of which bare vLLM has; and the Ray processes that share the two cores with the engine's "
+        "OpenMP threads (bare vLLM runs alone). The gateway caches the sources' text and prompt-ready images by "
+        "item id (`server.prompt_cache_items`; ids hash the content), so a question about pages asked about before "
+        "skips the store and the resizing: the first-time and repeat rows split that out. The questions cycle "
+        "through a list of ten, the first three being warm-up.",
         "",
         "Raw per-query numbers: the JSON file of the same name.",
     ]
@@ -387,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "setup": f"local-cpu profile, tiny Qwen2-VL ({cfg.models.generator.max_images_per_prompt} images of <= "
         f"{cfg.models.generator.image_max_pixels} px, max_model_len {cfg.models.generator.max_model_len}), "
         f"{cfg.generator.contexts} sources per answer, max_tokens {args.max_tokens}, stream_batching_ms "
-        f"{cfg.generator.stream_batching_ms}; app ready in {app_ready:.0f} s, bare vLLM in {bare_ready:.0f} s",
+        f"{cfg.generator.stream_batching_ms}, ingress {cfg.server.ingress}; app ready in {app_ready:.0f} s, bare vLLM "
+        f"in {bare_ready:.0f} s",
         "queries": len(rows),
         "summary": summ,
         "target": {

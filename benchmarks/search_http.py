@@ -120,7 +120,9 @@ def markdown(r: dict) -> str:
         f"{[round(x, 2) for x in r['machine']['loadavg_at_start']]} at start, "
         f"{[round(x, 2) for x in r['machine']['loadavg_at_end']]} at end",
         f"- app: local-cpu profile, search only (no generator), mode {r['mode']}, k 10, rerank on; retriever "
-        f"@serve.batch max {r['batching']['batch_max_size']}, wait {r['batching']['wait_s']} s; one replica each",
+        f"@serve.batch max {r['batching']['batch_max_size']}, wait {r['batching']['wait_s']} s, merged by the "
+        f"coalescer; one replica each; ingress {r.get('ingress', '?')}; client {r['runs'][0].get('client', 'httpx')} "
+        f"(its CPU per request: {max(x.get('client_cpu_per_request_ms', 0) for x in r['runs']):.2f} ms at most)",
         "",
         "| clients | retriever batch | requests | req/s | p50 ms | p90 ms | p99 ms | errors | vs first row |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -138,6 +140,15 @@ def markdown(r: dict) -> str:
             f"{u['p90_ms']:.0f} | {u['p99_ms']:.0f} | {u['errors']} | "
             f"{u['throughput_rps'] / r['runs'][0]['throughput_rps']:.2f}x |"
         )
+    o = r.get("other_ingress")
+    if o:
+        for run in o["runs"]:
+            vs_first = run["throughput_rps"] / r["runs"][0]["throughput_rps"]
+            lines.append(
+                f"| {run['concurrency']} (ingress {o['ingress']}) | {r['batching']['batch_max_size']} | "
+                f"{run['requests']} | {run['throughput_rps']:.1f} | {run['p50_ms']:.0f} | {run['p90_ms']:.0f} | "
+                f"{run['p99_ms']:.0f} | {run['errors']} | {vs_first:.2f}x |"
+            )
     t = r["target"]
     lines += ["", f"**Target ({t['rule']}): {'MET' if t['met'] else 'MISSED'}** — {t['ratio']:.2f}x."]
     if u:
@@ -155,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="visual", choices=["visual", "text", "hybrid"])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/search_http.json"))
     ap.add_argument("--client", default="aiohttp", choices=["aiohttp", "httpx"], help="HTTP client library")
+    ap.add_argument("--no-ingress-compare", action="store_true", help="skip the run behind the other server.ingress")
     ap.add_argument("--no-unbatched", action="store_true", help="skip the batch_max_size=1 comparison")
     args = ap.parse_args(argv)
 
@@ -199,6 +211,21 @@ def main(argv: list[str] | None = None) -> int:
         url = run_app(cfg1)
         asyncio.run(_closed_loop(url, 4, 40, body, args.client))
         unbatched = asyncio.run(_closed_loop(url, levels[-1], args.requests, body, args.client))
+    other_ingress = None
+    if not args.no_ingress_compare:
+        # the same app behind Ray Serve's other ingress: a fresh Ray started with that mode's environment
+        serve.shutdown()
+        ray.shutdown()
+        other = "proxy" if cfg.server.ingress == "haproxy" else "haproxy"
+        cfg2 = load_config("local-cpu", {**over, "server": {**over["server"], "ingress": other}})
+        for key in cfg.server.ray_env():
+            os.environ.pop(key, None)
+        url = run_app(cfg2)
+        asyncio.run(_closed_loop(url, 4, 40, body, args.client))
+        other_ingress = {
+            "ingress": other,
+            "runs": [asyncio.run(_closed_loop(url, c, args.requests, body, args.client)) for c in levels],
+        }
     serve.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -216,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode,
         "app_ready_s": ready_s,
         "batching": {"batch_max_size": cfg.retriever.batch_max_size, "wait_s": cfg.retriever.batch_wait_timeout_s},
+        "ingress": cfg.server.ingress,
         "runs": runs,
         "speedup_vs_first": [r["throughput_rps"] / base for r in runs],
         "unbatched_at_max_concurrency": unbatched,
+        "other_ingress": other_ingress,
         "batching_gain_at_max_concurrency": unbatched and runs[-1]["throughput_rps"] / unbatched["throughput_rps"],
         "target": {"rule": "throughput at the highest concurrency >= 3x throughput at the lowest", "ratio": None},
     }

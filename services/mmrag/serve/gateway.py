@@ -42,6 +42,8 @@ from mmrag.serve.schemas import (
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MAX_BODY_BYTES = 1 << 20
+#: Seconds the gateway's list of collections is used before it is refreshed (in the background).
+COLLECTIONS_TTL_S = 5.0
 ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
 GEN_ERRORS = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 SSE = {"content": {"text/event-stream": {}}}
@@ -140,6 +142,7 @@ class Gateway:
         self.store = store
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._collections: tuple[float, set[str]] = (0.0, set())
+        self._collections_refreshing = False
         self._rerank_info: dict[str, Any] | None = None
         # (item id, with image) -> {"text", "prepared_image"}; items are immutable (ids hash the content)
         self._sources: collections.OrderedDict[tuple[str, bool], dict[str, Any]] = collections.OrderedDict()
@@ -147,12 +150,28 @@ class Gateway:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="prompt")
 
     # ------------------------------------------------------------------------------ helpers
-    def _known_collections(self) -> set[str]:
+    def _known_collections(self, want: str | None = None) -> set[str]:
+        """Collection names, from a cache: a store query costs ~5-10 ms, too much for every request.
+
+        A stale cache (over ``COLLECTIONS_TTL_S``) is refreshed in the background while requests use it; a name
+        not in it (``want``) is looked up at once, unless the cache was just refreshed, so a collection ingested a
+        moment ago is found on the first request."""
         at, names = self._collections
-        if time.monotonic() - at > 5:
+        age = time.monotonic() - at
+        if not at or (want is not None and want not in names and age > 1.0):
+            return self._refresh_collections()
+        if age > COLLECTIONS_TTL_S and not self._collections_refreshing:
+            self._collections_refreshing = True
+            self._pool.submit(self._refresh_collections)
+        return names
+
+    def _refresh_collections(self) -> set[str]:
+        try:
             names = self.store.collections()
             self._collections = (time.monotonic(), names)
-        return names
+            return names
+        finally:
+            self._collections_refreshing = False
 
     def _check(self, req: SearchRequest) -> str:
         q = req.query.strip()
@@ -178,7 +197,7 @@ class Gateway:
             except ValidationError as e:
                 msg = e.errors()[0]["msg"] if e.errors() else "invalid filters"
                 raise ApiError(400, "invalid_request", f"filters: {msg}", "filters") from e
-        if collection not in self._known_collections():
+        if collection not in self._known_collections(collection):
             raise ApiError(
                 404, "collection_not_found", f"no collection named {collection!r}; ingest into it first", "collection"
             )
