@@ -153,8 +153,18 @@ def markdown(r: dict) -> str:
     lines += ["", f"**Target ({t['rule']}): {'MET' if t['met'] else 'MISSED'}** — {t['ratio']:.2f}x."]
     if u:
         lines.append(
-            f"At {u['concurrency']} clients, batching the query encoder gives "
-            f"{r['batching_gain_at_max_concurrency']:.2f}x the throughput of the same app with batch_max_size 1."
+            f"At {u['concurrency']} clients, batching whole searches (one encoder pass and one LanceDB take per "
+            f"batch) gives {r['batching_gain_at_max_concurrency']:.2f}x the throughput of the same app with "
+            "batch_max_size 1."
+        )
+    if o:
+        runs = o["runs"]
+        lines.append(
+            f"Behind server.ingress {o['ingress']} (a fresh Ray in that mode, same app): "
+            f"{runs[-1]['throughput_rps'] / runs[0]['throughput_rps']:.2f}x from {runs[0]['concurrency']} to "
+            f"{runs[-1]['concurrency']} clients; ingress {r.get('ingress')} serves "
+            f"{r['runs'][-1]['throughput_rps'] / runs[-1]['throughput_rps']:.2f}x its throughput at "
+            f"{runs[-1]['concurrency']} clients."
         )
     return "\n".join(lines) + "\n"
 
