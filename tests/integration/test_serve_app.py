@@ -86,6 +86,39 @@ def test_search_modes_return_ranked_cited_items(served, mode: str) -> None:
         assert all("maxsim" in h["scores"] for h in res)
 
 
+def test_concurrent_searches_are_batched_and_each_gets_its_own_results(served) -> None:
+    """Many searches at once are batched whole in the retriever (one encoder pass, one store take; batches merged by
+    the coalescer): every request must get exactly what it gets alone, across modes, collections and filters."""
+    import asyncio
+
+    url, _, _ = served
+    bodies = [
+        {"query": q, "k": k, "collection": c, "mode": m, **({"filters": f} if f else {})}
+        for q, k, c, m, f in [
+            ("permutation test", 5, "docs", "visual", None),
+            ("a cup on a table", 3, "docs", "visual", {"modalities": ["clip"]}),
+            ("conditional inference", 4, "docs", "hybrid", None),
+            ("permutation test", 5, "docs", "text", None),
+            ("table of p-values", 2, "other", "visual", None),
+            ("asymptotic distribution", 6, "docs", "hybrid", {"modalities": ["page"]}),
+        ]
+    ]
+
+    def key(r: httpx.Response) -> list[tuple[str, float]]:
+        assert r.status_code == 200, r.text
+        return [(h["id"], round(h["score"], 5)) for h in r.json()["results"]]
+
+    alone = [key(_search(url, **b)) for b in bodies]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as c:
+            return await asyncio.gather(*(c.post(f"{url}/v1/search", json=b) for b in bodies * 4))
+
+    responses = asyncio.run(together())
+    assert [key(r) for r in responses] == alone * 4
+    assert max(r.json()["timings_ms"]["batch"] for r in responses) > 1  # some of them really shared a batch
+
+
 def test_images_and_thumbnails_are_served(served) -> None:
     url, _, _ = served
     hit = _search(url, query="table", k=1, collection="docs").json()["results"][0]

@@ -18,8 +18,10 @@ from mmrag import constants
 from mmrag.config import MmragConfig
 from mmrag.serve.coalesce import Coalescer
 
-#: Batches ``@serve.batch`` may hand over while a model call runs; the coalescer merges them into the next call.
-#: max_batch_size x this stays within the profiles' max_ongoing_requests (64), as Ray Serve asks.
+#: Batches ``@serve.batch`` may hand over while a model call runs; the coalescer merges them into the next call, so
+#: a model call still holds at most ``batch_max_size`` queries. (Ray Serve logs that max_batch_size x this exceeds
+#: max_ongoing_requests: that bound assumes every batch runs as cut, which the coalescer changes.) With
+#: ``batch_wait_timeout_s`` 0 each query is its own batch, and this many can queue for the next call.
 MAX_CONCURRENT_BATCHES = 16
 
 
