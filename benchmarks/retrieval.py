@@ -403,8 +403,8 @@ def _stage_breakdown(index: SearchIndex, queries: list[np.ndarray]) -> dict[str,
         keep = cand[np.argpartition(-s2, min(cfg.exact_k, len(cand)) - 1)[: cfg.exact_k]]
         t2.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        mvs, _ = index._fetch(snap, keep)
-        index._exact_maxsim(q, mvs)
+        fetched = index._fetch_rows(snap, keep)
+        index._exact_maxsim(q, [fetched[int(r)][0] for r in keep])
         t3.append(time.perf_counter() - t0)
     return {
         "pooled_p50": round(_pct(t1, 50), 2),
@@ -424,7 +424,7 @@ def _fetch_bench(index: SearchIndex, db_dir: Path) -> dict[str, float]:
     for _ in range(8):
         rows = rng.choice(snap.n, min(40, snap.n), replace=False)
         t0 = time.perf_counter()
-        index._fetch(snap, rows)
+        index._fetch_rows(snap, rows)
         by_row.append(time.perf_counter() - t0)
         ids = [snap.ids[r] for r in rows]
         t0 = time.perf_counter()
