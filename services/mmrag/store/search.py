@@ -672,18 +672,6 @@ class SearchIndex:
         """Top ``k`` items by exact MaxSim, found through the pooled -> tokens -> exact cascade."""
         return self._one(SearchQuery("visual", query_mv, "", k, filters, first_stage_k=first_stage_k, exact_k=exact_k))
 
-    def _visual(
-        self,
-        snap: _Snapshot,
-        q: np.ndarray,
-        k: int,
-        filters: SearchFilters,
-        first_stage_k: int | None,
-        exact_k: int | None,
-    ) -> tuple[list[int], list[float], list[dict[str, float]], list[str | None]]:
-        cand, stage = self._candidates(snap, q, k, filters, first_stage_k, exact_k)
-        return self._exact(snap, q, k, cand, stage, self._fetch_rows(snap, cand))
-
     def _candidates(
         self,
         snap: _Snapshot,
