@@ -131,12 +131,17 @@ def build_llm_config(cfg: MmragConfig) -> LLMConfig:
                 {
                     # GiB of KV cache; vLLM's CPU default would reserve far more than a small profile has.
                     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                    # auto binds OpenMP threads to the replica node's cores, one per physical core; with no
-                    # reserved core it uses them all (its default reserves one: half of a 2-core machine).
+                    # auto binds OpenMP threads to the node's cores, one per physical core, less the cores vLLM
+                    # reserves (VLLM_CPU_NUM_OF_RESERVED_CPU, default 1) for its engine-core process, which
+                    # busy-polls while the workers compute, and for the rest of the node. Keep that reserve: on
+                    # 2 cores, OpenMP threads on both made bare vLLM slower too (9.4 -> 5.7 ms between tokens
+                    # with one thread) and Ray Serve's generator slower still (13 -> 6 ms), as every other
+                    # process on the node stalled the threads' barriers.
                     "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
-                    "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"),
                 }
             )
+            if "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ:
+                env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"]
     if m.model.startswith(TINY_PREFIX) and not echo:
         # A tiny checkpoint is a local directory: nothing may try the hub (it would hang offline).
         env.update(
