@@ -270,6 +270,14 @@ class Gateway:
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
 
+    def _sources_cached(self, hits: list[dict[str, Any]]) -> bool:
+        """Whether every source of ``hits`` (with its image where the prompt takes one) is in the cache."""
+        n_img = self.cfg.models.generator.max_images_per_prompt
+        with self._sources_lock:
+            return all(
+                (h["id"], i < n_img) in self._sources or (h["id"], True) in self._sources for i, h in enumerate(hits)
+            )
+
     def _sources_for(self, hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """item id -> {text, prepared_image}: from the cache, else one store call with the images prepared in
         parallel threads (and then cached, up to ``server.prompt_cache_items``)."""
@@ -355,7 +363,10 @@ class Gateway:
         )
         hits, mode, collection, st = await self.run_search(sreq)
         t1 = time.perf_counter()
-        messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens)
+        if self._sources_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
+            messages, n_used = self._build_prompt(query, hits, max_tokens)
+        else:
+            messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens)
         timings = {
             "retrieve": st["retrieve"],
             "rerank": st.get("rerank", 0.0),

@@ -83,3 +83,20 @@ def test_an_item_deleted_since_the_search_keeps_its_snippet() -> None:
     msgs, n = gw._build_prompt("q", _hits([0, 7]), 16)
     assert n == 2 and _images(msgs) == 1
     assert "snippet" in " ".join(p.get("text", "") for p in msgs[1]["content"])
+
+
+def test_sources_cached_says_when_a_prompt_needs_no_store_call() -> None:
+    """The gateway builds a prompt inline (no thread hop) only when this is true, so it must match _sources_for."""
+    store = FakeStore(10)
+    gw = _gateway(store)
+    n_img = gw.cfg.models.generator.max_images_per_prompt
+    assert not gw._sources_cached(_hits([0, 1, 2, 3]))
+    gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
+    assert gw._sources_cached(_hits([0, 1, 2, 3]))
+    assert gw._sources_cached(_hits([1, 0, 3])), "items cached with their image serve text-only places too"
+    # an item cached without its image now ranks where the prompt takes one: not cached
+    assert not gw._sources_cached(_hits([n_img, 0]))
+    calls = len(store.calls)
+    gw._build_prompt("q", _hits([n_img, 0]), 16)
+    assert len(store.calls) == calls + 1 and gw._sources_cached(_hits([n_img, 0]))
+    assert not gw._sources_cached(_hits([0, 9]))
