@@ -393,10 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         bare_ready = wait_ready(client, bare_url, bare, 600)
         settled["bare"] = settle()
         log(f"bare vLLM ready in {bare_ready:.0f} s, settled in {settled['bare']:.0f} s")
-        for i, row in enumerate(rows):
-            time.sleep(0.3)
-            row["bare"] = bare_once(client, bare_url, row["messages"], args.max_tokens, model)
-            log(f"  bare {i + 1}/{len(rows)}: ttft {row['bare']['ttft_ms']:.0f} ms")
+
+        def ask_bare(key: str, label: str) -> None:
+            for i, row in enumerate(rows):
+                time.sleep(0.3)
+                row[key] = bare_once(client, bare_url, row["messages"], args.max_tokens, model)
+                log(f"  {label} {i + 1}/{len(rows)}: ttft {row[key]['ttft_ms']:.0f} ms")
+
+        ask_bare("bare", "bare")
 
         # Phase 3: the same bare vLLM server and messages, now beside an idle Ray running mmrag's app without its
         # generator (search only: retriever, reranker, gateway, Serve's controller and HAProxy). This splits the
@@ -409,10 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             run_app(bg_cfg)
             settled["beside_ray"] = settle()
             log(f"search-only app up beside bare vLLM, settled in {settled['beside_ray']:.0f} s")
-            for i, row in enumerate(rows):
-                time.sleep(0.3)
-                row["bare_beside_ray"] = bare_once(client, bare_url, row["messages"], args.max_tokens, model)
-                log(f"  bare beside Ray {i + 1}/{len(rows)}: ttft {row['bare_beside_ray']['ttft_ms']:.0f} ms")
+            ask_bare("bare_beside_ray", "bare beside Ray")
         for row in rows:
             del row["messages"]
         all_rows = rows

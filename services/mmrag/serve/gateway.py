@@ -270,13 +270,19 @@ class Gateway:
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
 
+    def _cached_key(self, item_id: str, with_image: bool) -> tuple[str, bool] | None:
+        """The cache key that serves ``item_id`` (an entry with the image has the text too), or None; hold
+        ``_sources_lock``."""
+        for key in ((item_id, with_image), (item_id, True)):
+            if key in self._sources:
+                return key
+        return None
+
     def _sources_cached(self, hits: list[dict[str, Any]]) -> bool:
         """Whether every source of ``hits`` (with its image where the prompt takes one) is in the cache."""
         n_img = self.cfg.models.generator.max_images_per_prompt
         with self._sources_lock:
-            return all(
-                (h["id"], i < n_img) in self._sources or (h["id"], True) in self._sources for i, h in enumerate(hits)
-            )
+            return all(self._cached_key(h["id"], i < n_img) is not None for i, h in enumerate(hits))
 
     def _sources_for(self, hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """item id -> {text, prepared_image}: from the cache, else one store call with the images prepared in
@@ -288,13 +294,11 @@ class Gateway:
         missing: list[tuple[str, bool]] = []
         with self._sources_lock:  # requests build prompts in worker threads
             for i, h in enumerate(hits):
-                key = (h["id"], i < n_img)
-                if key not in self._sources and not key[1] and (h["id"], True) in self._sources:
-                    key = (h["id"], True)  # an entry with the image has the text too
-                got = self._sources.get(key)
-                if got is None:
-                    missing.append(key)
+                key = self._cached_key(h["id"], i < n_img)
+                if key is None:
+                    missing.append((h["id"], i < n_img))
                 else:
+                    got = self._sources[key]
                     self._sources.move_to_end(key)
                     out[h["id"]] = got if key[1] == (i < n_img) else {"text": got.get("text")}
         if not missing:
