@@ -374,14 +374,51 @@ class ServerConfig(_Strict):
         "waits this long; local-cpu, with nothing in front of it, sets 1.",
     )
 
+    control_loop_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How often Ray Serve's controller runs its control loop (RAY_SERVE_CONTROL_LOOP_INTERVAL_S; "
+        "Ray's default 0.1). Longer: less idle CPU, and the controller notices dead replicas and acts on "
+        "autoscaling decisions that much later. local-cpu sets 0.5 (see metrics_export_interval_ms).",
+    )
+    metrics_export_interval_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="How often every replica and handle flushes its cached Ray Serve metrics "
+        "(RAY_SERVE_METRICS_EXPORT_INTERVAL_MS; Ray's default 100; 0 exports each one at once). Prometheus scrapes "
+        "far less often. local-cpu sets 1000: on 2 cores an idle app's Ray slowed bare vLLM's time to first token "
+        "by ~10 ms, and with these two settings (and ingestion's Ray Data actors gone) by ~6 ms "
+        "(benchmarks/results/answer.md).",
+    )
+
+    worker_niceness: int = Field(
+        default=15,
+        ge=0,
+        le=19,
+        description="Nice value of Ray's worker processes, which run the replicas and the vLLM engine they spawn "
+        "(RAY_worker_niceness; Ray's default 15, while Ray's own daemons run at 0 so that busy workers never "
+        "starve them). On a machine this small the daemons then win the CPU from the answer path whenever they "
+        "wake: local-cpu sets 0 (in one paired run the answer TTFT excess fell from 19.6 to 14.7 ms; "
+        "benchmarks/results/answer.md).",
+    )
+
     def ray_env(self) -> dict[str, str]:
-        """Environment variables the Ray processes need for this ``ingress`` (see :func:`mmrag.runtime.init_ray`)."""
+        """Environment variables the Ray processes need for this ``ingress``, these intervals and this niceness (see
+        :func:`mmrag.runtime.init_ray`)."""
+        env = {
+            "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": f"{self.control_loop_interval_s:g}",
+            "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": str(self.metrics_export_interval_ms),
+            "RAY_worker_niceness": str(self.worker_niceness),
+        }
         if self.ingress == "proxy":
-            return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+            return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", **env}
         return {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{self.drain_s:g}",
+            **env,
         }
 
 

@@ -8,7 +8,14 @@ from mmrag.config import ConfigError, load_config
 
 pytestmark = pytest.mark.unit
 
-KEYS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
+KEYS = (
+    "RAY_SERVE_ENABLE_HA_PROXY",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS",
+    "RAY_worker_niceness",
+)
 
 
 @pytest.fixture
@@ -31,7 +38,7 @@ def test_local_ray_gets_the_haproxy_environment(fake_ray, monkeypatch) -> None:
     server = load_config("local-cpu", {"server": {"metrics_port": 9999}}).server
     assert server.ingress == "haproxy" and server.drain_s == 1
     init_ray(server)
-    assert [os.environ[k] for k in KEYS] == ["1", "1", "1"]
+    assert [os.environ[k] for k in KEYS] == ["1", "1", "1", "0.5", "1000", "0"]
     assert fake_ray[0]["_metrics_export_port"] == 9999
 
 
@@ -46,7 +53,20 @@ def test_the_environment_wins_and_proxy_mode_turns_it_off(fake_ray, monkeypatch)
     assert load_config("local-cpu", {"server": {"ingress": "proxy"}}).server.ray_env() == {
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+        "RAY_worker_niceness": "0",
     }
+
+
+def test_ray_defaults_unless_a_profile_slows_the_background() -> None:
+    from mmrag.config import MmragConfig
+
+    env = MmragConfig().server.ray_env()
+    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.1" and env["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "100"
+    assert env["RAY_worker_niceness"] == "15"
+    with pytest.raises(ConfigError, match="control_loop_interval_s"):
+        load_config("local-cpu", {"server": {"control_loop_interval_s": 0}})
 
 
 def test_joining_a_cluster_sets_nothing(fake_ray, monkeypatch) -> None:
