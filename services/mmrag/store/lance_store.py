@@ -91,8 +91,13 @@ class LanceStore:
             return None
         return self.table(S.ITEMS).schema.field("pooled").type.list_size
 
-    def ensure_tables(self, dim: int) -> None:
-        """Create the tables for ``dim``-dimensional vectors, or check the existing ones match."""
+    def text_dim(self) -> int | None:
+        """Dimension of the stored dense text vectors (None: no text columns, or no items table)."""
+        return S.text_dim_of(self.table(S.ITEMS).schema) if self.has_items() else None
+
+    def ensure_tables(self, dim: int, text_dim: int | None = None) -> None:
+        """Create the tables for ``dim``-dimensional vectors (and ``text_dim``-dimensional text vectors), or check
+        the existing ones match. A store made before the dense text channel gets its columns added (null)."""
         names = self._names()
         if S.ITEMS in names:
             have = self.items_dim()
@@ -101,8 +106,20 @@ class LanceStore:
                     f"the store at {self.uri} holds {have}-dimensional vectors but the configured encoder "
                     f"makes {dim}-dimensional ones; use another store URI (store.uri) for this model"
                 )
+            if text_dim:
+                have_text = self.text_dim()
+                cols = set(self.table(S.ITEMS).schema.names)
+                missing = [f for f in S.text_fields(text_dim) if f.name not in cols]
+                if have_text is not None and have_text != text_dim:
+                    raise StoreError(
+                        f"the store at {self.uri} holds {have_text}-dimensional text vectors but the configured text "
+                        f"model (models.text) makes {text_dim}-dimensional ones; use another store URI or the "
+                        "model the store was built with"
+                    )
+                if missing:
+                    self.table(S.ITEMS).add_columns(missing)
         else:
-            self._db.create_table(S.ITEMS, schema=S.items_schema(dim), exist_ok=True)
+            self._db.create_table(S.ITEMS, schema=S.items_schema(dim, text_dim), exist_ok=True)
         if S.DOCUMENTS not in names:
             self._db.create_table(S.DOCUMENTS, schema=S.DOCUMENTS_SCHEMA, exist_ok=True)
         if S.ERRORS not in names:
@@ -327,6 +344,53 @@ class LanceStore:
         self.table(S.DOCUMENTS).delete(where)
         self.table(S.ERRORS).delete(where)
         return n
+
+    # ------------------------------------------------------------------------------ calibration
+    def save_calibration(self, collection: str, record: dict[str, Any], *, n_items: int, fingerprint: str) -> None:
+        """Store (replace) a collection's calibration record."""
+        import json
+
+        from lancedb.expr import col, lit
+
+        if S.CALIBRATION not in self._names():
+            self._db.create_table(S.CALIBRATION, schema=S.CALIBRATION_SCHEMA, exist_ok=True)
+            self._tables.pop(S.CALIBRATION, None)
+        row = pa.Table.from_pylist(
+            [
+                {
+                    "collection": collection,
+                    "created_at": _now(),
+                    "n_items": int(n_items),
+                    "fingerprint": fingerprint,
+                    "record": json.dumps(record, sort_keys=True),
+                }
+            ],
+            schema=S.CALIBRATION_SCHEMA,
+        )
+        tbl = self.table(S.CALIBRATION)
+        tbl.add(row)  # the new row first, then the old one goes: a reader never sees none
+        tbl.delete(
+            ((col("collection") == lit(collection)) & (col("created_at") < lit(row["created_at"][0].as_py()))).to_sql()
+        )
+
+    def calibrations(self) -> dict[str, dict[str, Any]]:
+        """collection -> its newest calibration record (``n_items``, ``fingerprint``, ``created_at`` added)."""
+        import json
+
+        if S.CALIBRATION not in self._names():
+            return {}
+        tbl = self.table(S.CALIBRATION)
+        tbl.checkout_latest()
+        out: dict[str, dict[str, Any]] = {}
+        rows = tbl.search().limit(None).to_list()
+        for r in sorted(rows, key=lambda r: r["created_at"]):
+            rec = json.loads(r["record"])
+            rec.update(n_items=r["n_items"], fingerprint=r["fingerprint"], created_at=r["created_at"].isoformat())
+            out[r["collection"]] = rec
+        return out
+
+    def calibration(self, collection: str) -> dict[str, Any] | None:
+        return self.calibrations().get(collection)
 
     def refresh_text_index(self) -> None:
         """(Re)build the full-text index over ``text`` (takes ~0.1 s per few thousand rows)."""

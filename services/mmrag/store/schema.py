@@ -27,7 +27,14 @@ Three tables:
     ``model_id`` / ``model_revision``  the encoder that made the vectors
     ``ingested_at``           UTC time the row was written
     ``visible``               false while its document is still being written (kill-safe ingest)
+    ``context``               the document's title and the page's section headings (PDF outline)
+    ``text_vectors``          dense text channel: one vector per word window of ``context`` + ``text``
+    ``text_vector``           mean of ``text_vectors``, L2-normalised: the dense channel's first stage
+    ``text_model_id``         the text-embedding model that made them
     ========================  =========================================================================
+
+    ``context`` and the three ``text_*`` columns exist when a text model is configured (``models.text``); a store made
+    before them gets them added (null) on the next ingest.
 
 ``documents``
     One row per (collection, source_uri) whose ingestion finished: the content hash, item and error
@@ -35,6 +42,10 @@ Three tables:
 
 ``ingest_errors``
     One row per file or page that could not be read, with a reason a person can act on.
+
+``calibration``
+    One row per collection: the fusion weights, fusion method and reranker weight measured on the
+    collection's own probe queries (see :mod:`mmrag.calibration`), with the measurements, as JSON.
 """
 
 from __future__ import annotations
@@ -47,14 +58,28 @@ import pyarrow as pa
 ITEMS = "items"
 DOCUMENTS = "documents"
 ERRORS = "ingest_errors"
+CALIBRATION = "calibration"
 
 Modality = str  # "page" | "image" | "clip"
 MODALITIES = ("page", "image", "clip")
 
 
-def items_schema(dim: int) -> pa.Schema:
-    """Schema of the items table for an encoder with ``dim``-dimensional token vectors."""
+def text_fields(text_dim: int) -> list[pa.Field]:
+    """The dense text channel's columns for a ``text_dim``-dimensional text model."""
+    tvec = pa.list_(pa.float32(), text_dim)
+    return [
+        pa.field("context", pa.string()),
+        pa.field("text_vectors", pa.list_(tvec)),
+        pa.field("text_vector", tvec),
+        pa.field("text_model_id", pa.string()),
+    ]
+
+
+def items_schema(dim: int, text_dim: int | None = None) -> pa.Schema:
+    """Schema of the items table for an encoder with ``dim``-dimensional token vectors (and a text model with
+    ``text_dim``-dimensional ones, if any)."""
     vec = pa.list_(pa.float32(), dim)
+    extra = text_fields(text_dim) if text_dim else []
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -81,8 +106,27 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("model_revision", pa.string()),
             pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
             pa.field("visible", pa.bool_()),
+            *extra,
         ]
     )
+
+
+def text_dim_of(schema: pa.Schema) -> int | None:
+    """Dimension of the stored text vectors, or None when the table has no dense text channel."""
+    if "text_vector" not in schema.names:
+        return None
+    return schema.field("text_vector").type.list_size
+
+
+CALIBRATION_SCHEMA = pa.schema(
+    [
+        pa.field("collection", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("n_items", pa.int64()),
+        pa.field("fingerprint", pa.string()),
+        pa.field("record", pa.string()),
+    ]
+)
 
 
 DOCUMENTS_SCHEMA = pa.schema(

@@ -1,4 +1,10 @@
-"""Search over an mmrag store: a multi-stage visual cascade, BM25 text search, and weighted RRF hybrid.
+"""Search over an mmrag store: the visual cascade, BM25, the dense text channel, and their weighted fusion.
+
+The index (:class:`SearchIndex`) holds an immutable snapshot of the visible items in RAM and serves four modes:
+``visual`` (the cascade below), ``text`` (BM25, :mod:`mmrag.store.fulltext`), ``dense`` (best text window by cosine,
+:mod:`mmrag.store.dense`) and ``hybrid`` (:mod:`mmrag.store.fusion` of the channels with a positive weight; which
+weights a collection uses is measured per collection, :mod:`mmrag.calibration`). Filters are typed
+(:mod:`mmrag.store.filters`); results are :class:`~mmrag.store.hits.Hit`.
 
 Visual search (:meth:`SearchIndex.search_visual`) is a three-stage cascade, each stage scoring fewer items
 with a more exact score:
@@ -21,11 +27,6 @@ tokens lose nothing measurable (recall@10 unchanged vs float32 tokens), so stage
 disk. The pooled stage is the recall bottleneck at 100k items: ``first_stage_k`` 1000 gave recall@10 0.945,
 2000 gave 0.977, 4000 gave 0.992.
 
-Text search uses LanceDB's full-text index on ``text`` with the filters as a prefilter; the user's words are
-passed as a :class:`lancedb.query.MatchQuery` (no query-syntax parsing, so quotes, parentheses or ``AND OR
-NOT`` cannot make it raise). Filters reach LanceDB only as typed ``lancedb.expr`` expressions, never as SQL
-built from user text.
-
 The index is an immutable snapshot swapped on :meth:`SearchIndex.refresh`, so searches running in other
 threads never see a half-built index. The maths runs in torch when it is installed (imported on first use;
 the int8 token stage measured ~1.5-2x faster than numpy) and all three stages use the same library: numpy's
@@ -38,15 +39,12 @@ and the search was 10x slower.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import math
 import os
-import re
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,20 +52,23 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from mmrag.config import COLLECTION_PATTERN
 from mmrag.models.encoder import maxsim
 from mmrag.store import schema as S
+from mmrag.store.cascade import TokenStore
+from mmrag.store.cascade import fill as _fill
+from mmrag.store.cascade import multivectors as _multivectors
+from mmrag.store.cascade import ranges as _ranges
+from mmrag.store.cascade import top as _top
+from mmrag.store.cascade import top_idx as _top_idx
+from mmrag.store.dense import TextVectors
+from mmrag.store.filters import MAX_FILTER_CHARS, MAX_FILTER_VALUES, Modality, SearchFilters
+from mmrag.store.fulltext import bm25, fts_terms
+from mmrag.store.fusion import FusionMethod, fuse
+from mmrag.store.hits import Hit
 
 log = logging.getLogger(__name__)
-
-Modality = Literal["page", "image", "clip"]
-TokenStore = Literal["int8", "float16", "none"]
-
-#: Longest list a filter may hold (doc ids / source URIs), and longest string in it.
-MAX_FILTER_VALUES = 1000
-MAX_FILTER_CHARS = 4096
 
 #: Metadata columns kept in RAM for every visible item (filters and hits are served from them).
 _META = ["id", "collection", "doc_id", "source_uri", "modality", "page", "start_s", "end_s"]
@@ -121,123 +122,27 @@ class SearchIndexConfig(BaseModel):
     )
     fusion_depth: int = Field(default=50, ge=1, description="Hits taken from each ranking before hybrid fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
-    text_weight: float = Field(
-        default=0.3, ge=0, le=1, description="Weight of the text ranking in hybrid fusion (visual gets 1 - w)."
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"bm25": 0.7, "dense": 0.3},
+        description="Channel weights of hybrid search when a query names none (callers pass the collection's "
+        "calibrated weights; see mmrag.calibration).",
+    )
+    fusion: FusionMethod = Field(default="rrf", description="Fusion method when a query names none.")
+    dense_first_stage_k: int = Field(
+        default=500,
+        ge=1,
+        description="Dense text channel on large collections: items kept by the mean-vector stage before their "
+        "windows are scored.",
+    )
+    dense_exact_rows: int = Field(
+        default=5000,
+        ge=1,
+        description="Up to this many candidate items, the dense channel scores every window (no first stage).",
     )
     snippet_chars: int = Field(default=300, ge=0, description="Characters of an item's text returned in a hit.")
     max_query_terms: int = Field(default=64, ge=1, description="Distinct words of a text query passed to BM25.")
     load_batch_rows: int = Field(default=1024, ge=1, description="Rows per batch when reading multivectors.")
     fetch_chunk_rows: int = Field(default=2048, ge=1, description="Row ids per LanceDB take while loading.")
-
-
-# ------------------------------------------------------------------------------------------------ filters
-class SearchFilters(BaseModel):
-    """What a search may return: always one collection, optionally narrowed further.
-
-    Every condition is applied twice in the same way: as numpy masks over the in-RAM metadata (visual
-    search) and as a typed LanceDB expression (text search, where it is a prefilter). A page range keeps
-    only items that have a page (PDF pages); a time range keeps only clips that overlap it.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    collection: str = Field(pattern=COLLECTION_PATTERN, description="The collection searched (exactly one).")
-    modalities: list[Modality] | None = Field(
-        default=None, min_length=1, description="Keep only these modalities; none means all."
-    )
-    doc_ids: list[str] | None = Field(
-        default=None, min_length=1, max_length=MAX_FILTER_VALUES, description="Keep only these documents."
-    )
-    source_uris: list[str] | None = Field(
-        default=None, min_length=1, max_length=MAX_FILTER_VALUES, description="Keep only these source files."
-    )
-    page_min: int | None = Field(default=None, ge=1, description="Smallest page number kept (1-based).")
-    page_max: int | None = Field(default=None, ge=1, description="Largest page number kept (1-based).")
-    time_min_s: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, description="Clips must end at or after this time (seconds)."
-    )
-    time_max_s: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False, description="Clips must start at or before this time (seconds)."
-    )
-
-    @field_validator("doc_ids", "source_uris")
-    @classmethod
-    def _plain_strings(cls, values: list[str] | None) -> list[str] | None:
-        for v in values or ():
-            if not v or len(v) > MAX_FILTER_CHARS:
-                raise ValueError(f"each value must be 1-{MAX_FILTER_CHARS} characters")
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError("values must be valid Unicode text (no lone surrogates)") from e
-        return values
-
-    @model_validator(mode="after")
-    def _check_ranges(self) -> SearchFilters:
-        if self.page_min is not None and self.page_max is not None and self.page_min > self.page_max:
-            raise ValueError(f"page_min ({self.page_min}) is larger than page_max ({self.page_max})")
-        if self.time_min_s is not None and self.time_max_s is not None and self.time_min_s > self.time_max_s:
-            raise ValueError(f"time_min_s ({self.time_min_s}) is larger than time_max_s ({self.time_max_s})")
-        return self
-
-    def to_expr(self) -> Any:
-        """The filters as a typed LanceDB expression (visible rows only); every literal is quoted by LanceDB."""
-        from lancedb.expr import col, lit
-
-        e = (col("visible") == lit(True)) & (col("collection") == lit(self.collection))
-        if self.modalities is not None:
-            e = e & col("modality").isin(list(self.modalities))
-        if self.doc_ids is not None:
-            e = e & col("doc_id").isin(list(self.doc_ids))
-        if self.source_uris is not None:
-            e = e & col("source_uri").isin(list(self.source_uris))
-        if self.page_min is not None:
-            e = e & (col("page") >= lit(int(self.page_min)))
-        if self.page_max is not None:
-            e = e & (col("page") <= lit(int(self.page_max)))
-        if self.time_min_s is not None:
-            e = e & (col("end_s") >= lit(float(self.time_min_s)))
-        if self.time_max_s is not None:
-            e = e & (col("start_s") <= lit(float(self.time_max_s)))
-        return e
-
-    def to_sql(self) -> str:
-        """SQL text of :meth:`to_expr`, for LanceDB's ``.where``."""
-        return self.to_expr().to_sql()
-
-
-# ------------------------------------------------------------------------------------------------ hits
-@dataclass(frozen=True)
-class Hit:
-    """One search result with what a client needs to cite it."""
-
-    id: str
-    score: float
-    modality: str
-    collection: str
-    doc_id: str
-    source_uri: str
-    page: int | None = None
-    start_s: float | None = None
-    end_s: float | None = None
-    text: str = ""
-    #: Score of this item at each stage that saw it: ``pooled``, ``tokens``, ``maxsim``, ``bm25``, ``rrf``.
-    stage_scores: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "score": self.score,
-            "modality": self.modality,
-            "collection": self.collection,
-            "doc_id": self.doc_id,
-            "source_uri": self.source_uri,
-            "page": self.page,
-            "start_s": self.start_s,
-            "end_s": self.end_s,
-            "text": self.text,
-            "stage_scores": dict(self.stage_scores),
-        }
 
 
 # ------------------------------------------------------------------------------------------------ snapshot
@@ -295,6 +200,7 @@ class _Snapshot:
     tok_scale: np.ndarray | None  # float32 [total] (int8 only)
     exact: list[np.ndarray] | None = None  # array-backed: float32 multivectors
     texts: list[str | None] | None = None  # array-backed: item texts
+    text: TextVectors | None = None  # dense text channel (None: the store has no text vectors)
 
     @property
     def n(self) -> int:
@@ -310,6 +216,8 @@ class _Snapshot:
         }
         if self.exact is not None:
             out["exact_multivectors"] = sum(m.nbytes for m in self.exact)
+        if self.text is not None:
+            out["text_vectors"] = self.text.nbytes
         return out
 
     def _codes(self) -> tuple[_Codes, ...]:
@@ -351,28 +259,6 @@ class _Snapshot:
         )
 
 
-def _quantise(mv: np.ndarray, store: TokenStore) -> tuple[np.ndarray, np.ndarray | None]:
-    """Token vectors in the in-RAM format: int8 with a per-token scale (max |x| -> 127), or float16."""
-    if store == "float16":
-        return mv.astype(np.float16), None
-    amax = np.abs(mv).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.rint(mv / scale[:, None]).clip(-127, 127).astype(np.int8)
-    return q, scale
-
-
-def _multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> list[np.ndarray]:
-    """A ``list<fixed_size_list<float32, dim>>`` column as one float32 ``[n_t, dim]`` view per row (no copy)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(arr) == 0:
-        return []
-    if arr.null_count:
-        arr = arr.fill_null(pa.scalar([], arr.type))
-    offsets = arr.offsets.to_numpy()
-    flat = arr.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
-
-
 # ------------------------------------------------------------------------------------------------ index
 @dataclass
 class SearchQuery:
@@ -386,7 +272,11 @@ class SearchQuery:
     first_stage_k: int | None = None
     exact_k: int | None = None
     rrf_k: int | None = None
-    text_weight: float | None = None
+    #: Dense text channel: the query's text-model vector (needed by ``dense`` mode and hybrid with a dense weight).
+    query_vec: np.ndarray | None = None
+    #: Hybrid channel weights (``visual``, ``bm25``, ``dense``); None: ``config.weights``.
+    weights: dict[str, float] | None = None
+    fusion: str | None = None
 
 
 @dataclass
@@ -397,7 +287,9 @@ class _Plan:
     cand: np.ndarray | None = None
     stage: dict[str, np.ndarray] = field(default_factory=dict)
     depth: int = 0
-    text_weight: float = 0.0
+    weights: dict[str, float] = field(default_factory=dict)
+    dense_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dense_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     empty: bool = False
 
 
@@ -455,9 +347,11 @@ class SearchIndex:
         pages: Sequence[int | None] | None = None,
         texts: Sequence[str | None] | None = None,
         pooled: np.ndarray | None = None,
+        text_vectors: Sequence[np.ndarray | None] | None = None,
         config: SearchIndexConfig | dict[str, Any] | None = None,
     ) -> SearchIndex:
-        """An in-memory index (no LanceDB; text search unavailable); the exact stage reads ``multivectors``."""
+        """An in-memory index (no LanceDB; BM25 unavailable); the exact stage reads ``multivectors``, the dense
+        channel ``text_vectors`` (per item ``[n_windows, dim]`` or None) when given."""
         n = len(ids)
         if len(multivectors) != n:
             raise SearchError(f"{len(multivectors)} multivectors for {n} ids")
@@ -490,6 +384,11 @@ class SearchIndex:
         snap = index._build(meta, pooled, dim, None, lens, {}, lambda rows: ((r, mvs[r]) for r in rows), None)
         snap.exact = mvs
         snap.texts = list(texts) if texts is not None else [None] * n
+        if text_vectors is not None:
+            if len(text_vectors) != n:
+                raise SearchError(f"{len(text_vectors)} text vector lists for {n} ids")
+            tdim = next((len(v[0]) for v in text_vectors if v is not None and len(v)), 0)
+            snap.text = TextVectors.build(n, tdim, ((r, v, None) for r, v in enumerate(text_vectors)))
         index._snap = snap
         return index
 
@@ -588,7 +487,41 @@ class SearchIndex:
 
         snap = self._build(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old)
         snap.version, snap.table, snap.has_fts = version, table, has_fts
+        tdim = S.text_dim_of(table.schema)
+        if tdim:
+            snap.text = self._load_text(table, visible, ids, tdim, old)
         return snap
+
+    def _load_text(self, table: Any, visible: str, ids: list[str], tdim: int, old: _Snapshot | None) -> TextVectors:
+        """The dense channel's vectors: copied from the old snapshot for known ids, else one streaming read."""
+        n = len(ids)
+        reuse: dict[int, int] = {}
+        if old is not None and old.text is not None and old.text.dim == tdim:
+            reuse = {r: o for r, o in ((r, old.id_row.get(i)) for r, i in enumerate(ids)) if o is not None}
+        id_row = {i: r for r, i in enumerate(ids)}
+
+        def rows() -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
+            if len(reuse) == n:
+                return
+            reader = (
+                table.search()
+                .where(visible)
+                .select(["id", "text_vectors", "text_vector"])
+                .limit(None)
+                .to_batches(self.config.load_batch_rows)
+            )
+            for batch in reader:
+                got = batch.column(0).to_pylist()
+                wins = _multivectors(batch.column(1), tdim)
+                means = batch.column(2)
+                for j, (i, w) in enumerate(zip(got, wins, strict=True)):
+                    r = id_row.get(i)
+                    if r is None or r in reuse or not len(w):
+                        continue
+                    m = means[j]
+                    yield r, w, (None if not m.is_valid else np.asarray(m.values.to_numpy(), np.float32))
+
+        return TextVectors.build(n, tdim, rows(), reuse, old.text if old is not None else None)
 
     def _build(
         self,
@@ -875,20 +808,8 @@ class SearchIndex:
         return [h for h, _ in self._text(snap, query, k, filters)]
 
     def _text(self, snap: _Snapshot, query: str, k: int, filters: SearchFilters) -> list[tuple[Hit, float]]:
-        from lancedb.query import MatchQuery
-
-        terms = fts_terms(query, self.config.max_query_terms)
-        if not terms:
-            return []
-        res = (
-            snap.table.search(MatchQuery(" ".join(terms), "text"), query_type="fts")
-            .where(filters.to_sql(), prefilter=True)
-            .select(_HIT_COLUMNS)
-            .limit(k)
-            .to_arrow()
-        )
         out = []
-        for r in res.to_pylist():
+        for r in bm25(snap.table, query, k, filters, _HIT_COLUMNS, self.config.max_query_terms):
             row = snap.id_row.get(r["id"])
             score = float(r["_score"])
             if row is None:  # visible at this version but not in RAM cannot happen; be safe anyway
@@ -897,7 +818,60 @@ class SearchIndex:
         out.sort(key=lambda p: (-p[1], p[0].id))
         return out
 
-    # ---------------------------------------------------------------------------------------- hybrid
+    # ---------------------------------------------------------------------------------------- dense
+    @property
+    def has_dense(self) -> bool:
+        """Whether the current snapshot holds dense text vectors (the store has a text model's columns)."""
+        snap = self._snap
+        return snap is not None and snap.text is not None and bool(snap.text.count.any())
+
+    @property
+    def has_bm25(self) -> bool:
+        snap = self._snap
+        return snap is not None and snap.table is not None and snap.has_fts
+
+    def channels(self) -> list[str]:
+        """The channels this snapshot can serve: ``visual`` (always), ``bm25``, ``dense``."""
+        out = ["visual"]
+        if self.has_bm25:
+            out.append("bm25")
+        if self.has_dense:
+            out.append("dense")
+        return out
+
+    def search_dense(self, query_vec: np.ndarray, k: int, *, filters: SearchFilters) -> list[Hit]:
+        """Top ``k`` items by the dense text channel (best text window's cosine to the query vector)."""
+        return self._one(SearchQuery("dense", None, "", k, filters, query_vec=query_vec))
+
+    def _dense_rows(
+        self, snap: _Snapshot, qvec: np.ndarray | None, k: int, filters: SearchFilters
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if snap.text is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = self._check_vec(qvec, snap.text.dim)
+        allowed = np.flatnonzero(snap.mask(filters))
+        rows, scores = snap.text.search(
+            q, allowed, k, first_stage_k=self.config.dense_first_stage_k, exact_rows=self.config.dense_exact_rows
+        )
+        # equal scores (e.g. items whose only window is the same title) in id order, not in write order
+        o = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), snap.ids[int(rows[i])]))
+        return rows[o], scores[o]
+
+    @staticmethod
+    def _check_vec(qvec: Any, dim: int) -> np.ndarray:
+        if qvec is None:
+            raise SearchError("dense search needs the query's text vector (models.text)")
+        q = np.asarray(qvec, dtype=np.float32).reshape(-1)
+        if q.shape[0] != dim:
+            raise SearchError(
+                f"the query's text vector has {q.shape[0]} dimensions but the store's text vectors have {dim}; "
+                "embed queries with the text model the store was built with"
+            )
+        if not np.isfinite(q).all():
+            raise SearchError("the query's text vector contains NaN or infinite values")
+        return q
+
+    # ---------------------------------------------------------------------------------------- entry points
     def search(
         self,
         mode: str,
@@ -908,10 +882,13 @@ class SearchIndex:
         filters: SearchFilters,
         first_stage_k: int | None = None,
         rrf_k: int | None = None,
-        text_weight: float | None = None,
+        query_vec: np.ndarray | None = None,
+        weights: dict[str, float] | None = None,
+        fusion: str | None = None,
     ) -> list[Hit]:
-        """One entry point for the three modes (the retriever deployment and the in-process searcher use it):
-        ``visual`` needs ``query_mv``, ``text`` only ``query_text``, ``hybrid`` both."""
+        """One entry point for the four modes (the retriever deployment and the in-process searcher use it):
+        ``visual`` needs ``query_mv``, ``text`` (BM25) only ``query_text``, ``dense`` ``query_vec``, and ``hybrid``
+        what its channels with a positive weight need."""
         return self._one(
             SearchQuery(
                 mode,
@@ -921,13 +898,15 @@ class SearchIndex:
                 filters,
                 first_stage_k=first_stage_k,
                 rrf_k=rrf_k,
-                text_weight=text_weight,
+                query_vec=query_vec,
+                weights=weights,
+                fusion=fusion,
             )
         )
 
     def search_hybrid(
         self,
-        query_mv: np.ndarray,
+        query_mv: np.ndarray | None,
         query_text: str,
         k: int,
         *,
@@ -935,13 +914,15 @@ class SearchIndex:
         first_stage_k: int | None = None,
         exact_k: int | None = None,
         rrf_k: int | None = None,
-        text_weight: float | None = None,
+        query_vec: np.ndarray | None = None,
+        weights: dict[str, float] | None = None,
+        fusion: str | None = None,
     ) -> list[Hit]:
-        """Weighted reciprocal-rank fusion of the visual and text rankings.
+        """Fusion (:mod:`mmrag.store.fusion`) of the visual, BM25 and dense rankings, each over its top
+        ``max(k, fusion_depth)``, with the given channel ``weights`` (else ``config.weights``).
 
-        ``score = (1 - w) / (rrf_k + rank_visual) + w / (rrf_k + rank_text)`` with 1-based ranks over the top
-        ``max(k, fusion_depth)`` of each list; an item absent from a list gets nothing from it. Without a
-        full-text index the text ranking is empty (a warning is logged) and the visual order is kept.
+        Channels with weight 0 are not run at all. A channel the store cannot serve (no full-text index, no text
+        vectors) is dropped and the others' weights are renormalised; if none is left, the visual ranking is used.
         """
         return self._one(
             SearchQuery(
@@ -953,7 +934,9 @@ class SearchIndex:
                 first_stage_k=first_stage_k,
                 exact_k=exact_k,
                 rrf_k=rrf_k,
-                text_weight=text_weight,
+                query_vec=query_vec,
+                weights=weights,
+                fusion=fusion,
             )
         )
 
@@ -974,13 +957,16 @@ class SearchIndex:
                 plans.append(e)
         wanted = [r for p in plans if isinstance(p, _Plan) and p.cand is not None for r in p.cand.tolist()]
         fetched = self._fetch_rows(snap, wanted) if wanted and snap is not None else {}
+        # the dense hits' text (snippets, prompts) for rows the visual take did not bring
+        text_rows = [r for p in plans if isinstance(p, _Plan) for r in p.dense_rows.tolist() if r not in fetched]
+        texts = self._fetch_texts(snap, text_rows) if text_rows and snap is not None else {}
         out: list[list[Hit] | SearchError] = []
         for sq, plan in zip(queries, plans, strict=True):
             if isinstance(plan, SearchError):
                 out.append(plan)
                 continue
             try:
-                out.append(self._finish(snap, sq, plan, fetched))
+                out.append(self._finish(snap, sq, plan, fetched, texts))
             except SearchError as e:
                 out.append(e)
         return out
@@ -991,29 +977,69 @@ class SearchIndex:
             raise got
         return got
 
+    def _weights(self, snap: _Snapshot | None, sq: SearchQuery) -> dict[str, float]:
+        """The hybrid query's positive channel weights over the channels this snapshot can serve, summing to 1."""
+        raw = self.config.weights if sq.weights is None else sq.weights
+        for name, w in raw.items():
+            if name not in ("visual", "bm25", "dense"):
+                raise SearchError(f"unknown channel {name!r} in weights; use visual, bm25 or dense")
+            if not isinstance(w, int | float) or math.isnan(w) or math.isinf(w) or w < 0:
+                raise SearchError(f"the weight of {name!r} must be a finite number >= 0, got {w!r}")
+        positive = {c: float(w) for c, w in raw.items() if w > 0}
+        if not positive:
+            raise SearchError("at least one channel weight must be positive")
+        if snap is None:
+            return positive
+        can = set(self.channels()) if snap is self._snap else {"visual"}
+        usable = {c: w for c, w in positive.items() if c in can}
+        if not usable:  # e.g. a store without a full-text index or text vectors: the visual ranking alone
+            log.warning("hybrid search: none of %s is available in this store; visual ranking only", sorted(positive))
+            return {"visual": 1.0}
+        total = sum(usable.values())
+        return {c: w / total for c, w in usable.items()}
+
     def _plan(self, snap: _Snapshot | None, sq: SearchQuery) -> _Plan:
-        """Checks a query and runs its in-RAM visual stages (no I/O)."""
+        """Checks a query and runs its in-RAM stages (visual candidates, dense ranking; no I/O)."""
         if sq.mode == "text":
             _check_k(sq.k)
             return _Plan()
-        if sq.mode not in ("visual", "hybrid"):
-            raise SearchError(f"unknown search mode {sq.mode!r}; use visual, text or hybrid")
-        if sq.query_mv is None:
-            raise SearchError(f"{sq.mode} search needs the query's multivector")
-        q = self._check_query(sq.query_mv, snap)
+        if sq.mode not in ("visual", "hybrid", "dense"):
+            raise SearchError(f"unknown search mode {sq.mode!r}; use visual, text, dense or hybrid")
         _check_k(sq.k)
-        if snap is None or snap.n == 0:
-            return _Plan(q=q, empty=True)
+        if sq.mode == "dense":
+            if snap is None or snap.n == 0:
+                return _Plan(empty=True)
+            if snap.text is None:
+                raise SearchError("this store has no text vectors (no models.text when it was built): use text")
+            rows, scores = self._dense_rows(snap, sq.query_vec, sq.k, sq.filters)
+            return _Plan(dense_rows=rows, dense_scores=scores, depth=sq.k)
         if sq.mode == "visual":
+            if sq.query_mv is None:
+                raise SearchError("visual search needs the query's multivector")
+            q = self._check_query(sq.query_mv, snap)
+            if snap is None or snap.n == 0:
+                return _Plan(q=q, empty=True)
             cand, stage = self._candidates(snap, q, sq.k, sq.filters, sq.first_stage_k, sq.exact_k)
             return _Plan(q=q, cand=cand, stage=stage, depth=sq.k)
-        w = self.config.text_weight if sq.text_weight is None else float(sq.text_weight)
-        if not 0 <= w <= 1 or math.isnan(w):
-            raise SearchError(f"text_weight must be in [0, 1], got {sq.text_weight}")
+        if sq.fusion is not None and sq.fusion not in ("rrf", "score"):
+            raise SearchError(f"unknown fusion method {sq.fusion!r}; use rrf or score")
+        w = self._weights(snap, sq)
         depth = max(sq.k, self.config.fusion_depth)
-        exact_k = max(sq.exact_k or self.config.exact_k, depth)
-        cand, stage = self._candidates(snap, q, depth, sq.filters, sq.first_stage_k, exact_k)
-        return _Plan(q=q, cand=cand, stage=stage, depth=depth, text_weight=w)
+        plan = _Plan(depth=depth, weights=w)
+        q = None
+        if "visual" in w:
+            if sq.query_mv is None:
+                raise SearchError("hybrid search with a visual weight needs the query's multivector")
+            q = plan.q = self._check_query(sq.query_mv, snap)
+        if snap is None or snap.n == 0:
+            plan.empty = True
+            return plan
+        if q is not None:
+            exact_k = max(sq.exact_k or self.config.exact_k, depth)
+            plan.cand, plan.stage = self._candidates(snap, q, depth, sq.filters, sq.first_stage_k, exact_k)
+        if "dense" in w:
+            plan.dense_rows, plan.dense_scores = self._dense_rows(snap, sq.query_vec, depth, sq.filters)
+        return plan
 
     def _finish(
         self,
@@ -1021,25 +1047,55 @@ class SearchIndex:
         sq: SearchQuery,
         plan: _Plan,
         fetched: dict[int, tuple[np.ndarray, str | None]],
+        texts: dict[int, str | None] | None = None,
     ) -> list[Hit]:
         if sq.mode == "text":
             return self.search_text(sq.query_text, sq.k, filters=sq.filters)
         if plan.empty or snap is None:
             return []
-        assert plan.q is not None and plan.cand is not None
-        rows, scores, stages, texts = self._exact(snap, plan.q, plan.depth, plan.cand, plan.stage, fetched)
-        visual = [
-            snap.hit(r, s, st, t, self.config.snippet_chars)
-            for r, s, st, t in zip(rows, scores, stages, texts, strict=True)
+        texts = texts or {}
+        dense = [
+            snap.hit(
+                r,
+                s,
+                {"dense": float(s)},
+                fetched[r][1] if r in fetched else texts.get(r),
+                self.config.snippet_chars,
+            )
+            for r, s in zip(plan.dense_rows.tolist(), plan.dense_scores.tolist(), strict=True)
         ]
+        if sq.mode == "dense":
+            return dense
+        visual: list[Hit] = []
+        if plan.cand is not None:
+            assert plan.q is not None
+            rows, scores, stages, vtexts = self._exact(snap, plan.q, plan.depth, plan.cand, plan.stage, fetched)
+            visual = [
+                snap.hit(r, s, st, t, self.config.snippet_chars)
+                for r, s, st, t in zip(rows, scores, stages, vtexts, strict=True)
+            ]
         if sq.mode == "visual":
             return visual
-        text: list[Hit] = []
-        if snap.table is not None and snap.has_fts:
-            text = [h for h, _ in self._text(snap, sq.query_text, plan.depth, sq.filters)]
-        elif snap.table is not None:
-            log.warning("hybrid search without a full-text index on `text`: visual ranking only")
-        return _fuse(visual, text, sq.k, plan.text_weight, sq.rrf_k or self.config.rrf_k)
+        rankings: dict[str, list[Hit]] = {"visual": visual, "dense": dense}
+        if "bm25" in plan.weights:
+            rankings["bm25"] = [h for h, _ in self._text(snap, sq.query_text, plan.depth, sq.filters)]
+        method = sq.fusion or self.config.fusion
+        return fuse(rankings, plan.weights, sq.k, method=method, rrf_k=sq.rrf_k or self.config.rrf_k)  # type: ignore[arg-type]
+
+    def _fetch_texts(self, snap: _Snapshot, rows: Sequence[int]) -> dict[int, str | None]:
+        """row -> text for ``rows`` (one LanceDB take at the snapshot's version, or the arrays given)."""
+        rows = sorted({int(r) for r in rows})
+        if snap.texts is not None:
+            return {r: snap.texts[r] for r in rows}
+        if snap.table is None:
+            return {}
+        got = snap.table.take_row_ids([int(snap.row_ids[r]) for r in rows]).select(["id", "text"]).to_arrow()
+        out: dict[int, str | None] = {}
+        for i, t in zip(got.column("id").to_pylist(), got.column("text").to_pylist(), strict=True):
+            row = snap.id_row.get(i)
+            if row is not None:
+                out[row] = t
+        return out
 
     # ---------------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -1057,91 +1113,20 @@ class SearchIndex:
         return q
 
 
-def _fuse(visual: list[Hit], text: list[Hit], k: int, w: float, rk: int) -> list[Hit]:
-    """Weighted reciprocal-rank fusion (see :meth:`SearchIndex.search_hybrid`)."""
-    fused: dict[str, float] = {}
-    by_id: dict[str, Hit] = {}
-    st_by_id: dict[str, dict[str, float]] = {}
-    for weight, hits in ((1.0 - w, visual), (w, text)):
-        for rank, h in enumerate(hits, start=1):
-            fused[h.id] = fused.get(h.id, 0.0) + weight / (rk + rank)
-            by_id.setdefault(h.id, h)
-            st_by_id.setdefault(h.id, {}).update(h.stage_scores)
-            if h.text and not by_id[h.id].text:
-                by_id[h.id] = h
-    best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
-    return [dataclasses.replace(by_id[i], score=fused[i], stage_scores={**st_by_id[i], "rrf": fused[i]}) for i in best]
-
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def fts_terms(query: str, max_terms: int = 64) -> list[str]:
-    """The distinct words of ``query`` (NFKC, lower-cased) in order, at most ``max_terms``: BM25's input.
-
-    Only word characters survive, so no query syntax (quotes, parentheses, ``field:``, ``*``, ``~``, ``^``)
-    ever reaches LanceDB; ``AND OR NOT`` are ordinary (stop) words.
-    """
-    if not isinstance(query, str):
-        return []
-    seen: dict[str, None] = {}
-    for w in _WORD.findall(unicodedata.normalize("NFKC", query[: 64 * max_terms]).lower()):
-        if w.replace("_", "") and len(w) <= 40:
-            seen.setdefault(w, None)
-            if len(seen) >= max_terms:
-                break
-    return list(seen)
-
-
 def _check_k(k: int) -> None:
     if not isinstance(k, int | np.integer) or k < 1:
         raise SearchError(f"k must be a positive integer, got {k!r}")
 
 
-def _top_idx(scores: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` largest scores (unordered)."""
-    if n >= len(scores):
-        return np.arange(len(scores))
-    return np.argpartition(-scores, n - 1)[:n]
-
-
-def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    keep = _top_idx(scores, n)
-    return rows[keep], scores[keep]
-
-
-def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenation of ``arange(starts[i], starts[i] + lens[i])`` for all i, without a Python loop."""
-    lens = np.asarray(lens, np.int64)
-    total = int(lens.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    seg = np.zeros(len(lens), np.int64)
-    seg[1:] = np.cumsum(lens)[:-1]
-    return np.repeat(np.asarray(starts, np.int64) - seg, lens) + np.arange(total, dtype=np.int64)
-
-
-def _fill(
-    tokens: np.ndarray, scales: np.ndarray | None, start: int, want: int, mv: np.ndarray, store: TokenStore
-) -> int:
-    """Write one item's quantised tokens at ``start``; returns 1 if its length had to be fixed up.
-
-    A multivector whose length disagrees with ``n_tokens`` is truncated, or padded by repeating its last token
-    (a repeated token never changes a max); the exact stage reads the real multivector anyway.
-    """
-    mv = np.asarray(mv, dtype=np.float32)
-    bad = int(len(mv) != want)
-    if len(mv) == 0:
-        mv = np.zeros((1, tokens.shape[1]), np.float32)
-    if len(mv) > want:
-        mv = mv[:want]
-    elif len(mv) < want:
-        mv = np.concatenate([mv, np.repeat(mv[-1:], want - len(mv), axis=0)])
-    q, sc = _quantise(mv, store)
-    tokens[start : start + want] = q
-    if scales is not None:
-        scales[start : start + want] = sc
-    return bad
-
-
-__all__ = ["Hit", "SearchError", "SearchFilters", "SearchIndex", "SearchIndexConfig", "fts_terms"]
+__all__ = [
+    "MAX_FILTER_CHARS",
+    "MAX_FILTER_VALUES",
+    "Hit",
+    "Modality",
+    "SearchError",
+    "SearchFilters",
+    "SearchIndex",
+    "SearchIndexConfig",
+    "SearchQuery",
+    "fts_terms",
+]

@@ -298,27 +298,27 @@ def test_text_search_ranks_by_bm25(text_store) -> None:
 
 def test_hybrid_is_weighted_reciprocal_rank_fusion(text_store) -> None:
     store, ids = text_store
-    index = SearchIndex.from_store(store, {"rrf_k": 60, "text_weight": 0.3})
+    index = SearchIndex.from_store(store, {"rrf_k": 60, "weights": {"visual": 0.7, "bm25": 0.3}})
     hits = index.search_hybrid(E[0][None], "kaplan meier", 3, filters=_f())
     # A: 0.7/61; B: 0.7/62 + 0.3/62; C: 0.7/63 + 0.3/61
     expected = {"A": 0.7 / 61, "B": 1.0 / 62, "C": 0.7 / 63 + 0.3 / 61}
     assert [h.id for h in hits] == [ids["B"], ids["C"], ids["A"]]
     for h, name in zip(hits, "BCA", strict=True):
         assert h.score == pytest.approx(expected[name])
-        assert h.stage_scores["rrf"] == pytest.approx(expected[name])
+        assert h.stage_scores["fused"] == pytest.approx(expected[name])
         assert "maxsim" in h.stage_scores
     assert "bm25" in hits[0].stage_scores and "bm25" not in hits[2].stage_scores
-    only_text = index.search_hybrid(E[0][None], "kaplan meier", 3, filters=_f(), text_weight=1.0)
+    only_text = index.search_hybrid(E[0][None], "kaplan meier", 3, filters=_f(), weights={"bm25": 1.0})
     assert [h.id for h in only_text][:2] == [ids["C"], ids["B"]]
-    only_visual = index.search_hybrid(E[0][None], "kaplan meier", 3, filters=_f(), text_weight=0.0)
+    only_visual = index.search_hybrid(E[0][None], "kaplan meier", 3, filters=_f(), weights={"visual": 1.0, "bm25": 0.0})
     assert [h.id for h in only_visual] == [ids["A"], ids["B"], ids["C"]]
     # a query without words leaves the visual order
     assert [h.id for h in index.search_hybrid(E[0][None], "?!", 3, filters=_f())] == [ids["A"], ids["B"], ids["C"]]
 
 
-def test_one_entry_point_dispatches_the_three_modes(text_store) -> None:
+def test_one_entry_point_dispatches_the_modes(text_store) -> None:
     store, _ = text_store
-    index = SearchIndex.from_store(store, {"rrf_k": 60, "text_weight": 0.3})
+    index = SearchIndex.from_store(store, {"rrf_k": 60, "weights": {"visual": 0.7, "bm25": 0.3}})
     q = E[0][None]
     ids = lambda hits: [h.id for h in hits]  # noqa: E731
     assert ids(index.search("text", None, "kaplan meier", 3, filters=_f())) == ids(
@@ -336,7 +336,7 @@ def test_one_entry_point_dispatches_the_three_modes(text_store) -> None:
 
 def test_search_many_equals_one_at_a_time_with_one_store_take(text_store, monkeypatch) -> None:
     store, ids = text_store
-    index = SearchIndex.from_store(store, {"rrf_k": 60, "text_weight": 0.3})
+    index = SearchIndex.from_store(store, {"rrf_k": 60, "weights": {"visual": 0.7, "bm25": 0.3}})
     queries = [
         SearchQuery("visual", E[0][None], "", 3, _f()),
         SearchQuery("hybrid", E[1][None], "kaplan meier", 2, _f()),
@@ -344,7 +344,7 @@ def test_search_many_equals_one_at_a_time_with_one_store_take(text_store, monkey
         SearchQuery("visual", None, "", 3, _f()),  # bad: no multivector
         SearchQuery("visual", E[0][None], "", 3, _f("other")),  # nothing in that collection
         SearchQuery("visual", np.full((1, DIM), np.nan, np.float32), "", 3, _f()),  # bad: NaN
-        SearchQuery("hybrid", E[0][None], "cats", 3, _f(), text_weight=2.0),  # bad weight
+        SearchQuery("hybrid", E[0][None], "cats", 3, _f(), weights={"visual": -1.0}),  # bad weight
     ]
     one = [
         index.search_visual(E[0][None], 3, filters=_f()),
@@ -366,7 +366,7 @@ def test_search_many_equals_one_at_a_time_with_one_store_take(text_store, monkey
         assert [(h.id, h.score, h.stage_scores) for h in got] == [(h.id, h.score, h.stage_scores) for h in want]
     assert [h.id for h in out[1]] == [ids["C"], ids["B"]]
     assert out[4] == []
-    for bad, msg in zip(out[3:], ("multivector", None, "NaN", "text_weight"), strict=True):
+    for bad, msg in zip(out[3:], ("multivector", None, "NaN", "weight of 'visual'"), strict=True):
         if msg is not None:
             assert isinstance(bad, SearchError) and msg in str(bad)
     assert index.search_many([]) == []

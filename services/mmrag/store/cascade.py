@@ -1,0 +1,85 @@
+"""The maths shared by the late-interaction stages: token quantisation, top-n selection, offset ranges.
+
+Used by the visual cascade (:mod:`mmrag.store.search`) and the dense text channel (:mod:`mmrag.store.dense`),
+which both hold variable-length lists of vectors per item in one flat int8 array with per-vector scales.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+TokenStore = Literal["int8", "float16", "none"]
+
+
+def quantise(mv: np.ndarray, store: TokenStore) -> tuple[np.ndarray, np.ndarray | None]:
+    """Token vectors in the in-RAM format: int8 with a per-token scale (max |x| -> 127), or float16."""
+    if store == "float16":
+        return mv.astype(np.float16), None
+    amax = np.abs(mv).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.rint(mv / scale[:, None]).clip(-127, 127).astype(np.int8)
+    return q, scale
+
+
+def multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> list[np.ndarray]:
+    """A ``list<fixed_size_list<float32, dim>>`` column as one float32 ``[n_t, dim]`` view per row (no copy)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return []
+    if arr.null_count:
+        arr = arr.fill_null(pa.scalar([], arr.type))
+    offsets = arr.offsets.to_numpy()
+    flat = arr.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+
+
+def top_idx(scores: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` largest scores (unordered)."""
+    if n >= len(scores):
+        return np.arange(len(scores))
+    return np.argpartition(-scores, n - 1)[:n]
+
+
+def top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    keep = top_idx(scores, n)
+    return rows[keep], scores[keep]
+
+
+def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(starts[i], starts[i] + lens[i])`` for all i, without a Python loop."""
+    lens = np.asarray(lens, np.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    seg = np.zeros(len(lens), np.int64)
+    seg[1:] = np.cumsum(lens)[:-1]
+    return np.repeat(np.asarray(starts, np.int64) - seg, lens) + np.arange(total, dtype=np.int64)
+
+
+def fill(
+    tokens: np.ndarray, scales: np.ndarray | None, start: int, want: int, mv: np.ndarray, store: TokenStore
+) -> int:
+    """Write one item's quantised tokens at ``start``; returns 1 if its length had to be fixed up.
+
+    A multivector whose length disagrees with ``n_tokens`` is truncated, or padded by repeating its last token
+    (a repeated token never changes a max); the exact stage reads the real multivector anyway.
+    """
+    mv = np.asarray(mv, dtype=np.float32)
+    bad = int(len(mv) != want)
+    if len(mv) == 0:
+        mv = np.zeros((1, tokens.shape[1]), np.float32)
+    if len(mv) > want:
+        mv = mv[:want]
+    elif len(mv) < want:
+        mv = np.concatenate([mv, np.repeat(mv[-1:], want - len(mv), axis=0)])
+    q, sc = quantise(mv, store)
+    tokens[start : start + want] = q
+    if scales is not None:
+        scales[start : start + want] = sc
+    return bad
+
+
+__all__ = ["TokenStore", "fill", "multivectors", "quantise", "ranges", "top", "top_idx"]
