@@ -8,10 +8,11 @@ PyMuPDF is not thread-safe anyway, so read one document at a time per process).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -107,8 +108,12 @@ def read_pdf(
             else "the file is damaged (MuPDF had to repair it)"
         )
 
+        contexts = page_contexts(doc, src, min(n_pages, cfg.max_pages))
         for i in range(min(n_pages, cfg.max_pages)):
-            yield _read_page(doc, i, src, cfg, damaged, doc_note, render_pixels)
+            item = _read_page(doc, i, src, cfg, damaged, doc_note, render_pixels)
+            if isinstance(item, DecodedItem) and contexts[i]:
+                item = dataclasses.replace(item, context=contexts[i])
+            yield item
 
         if n_pages > cfg.max_pages:
             yield DecodeError(
@@ -117,6 +122,56 @@ def read_pdf(
                 f"(ingest.max_pages={cfg.max_pages}): raise the limit or split the file",
                 "skipped",
             )
+
+
+#: Longest title and heading kept in a page's context; headings of sections starting on a page, at most.
+_TITLE_CHARS, _MAX_STARTING = 160, 3
+
+
+def doc_title(doc: Any, src: str) -> str:
+    """The document's title: its metadata title, else the first lines of page 1 if they look like one, else the
+    file name without its extension."""
+    meta = (doc.metadata or {}).get("title") or ""
+    meta = " ".join(meta.split())
+    if len(meta) >= 4 and not meta.lower().startswith(("microsoft word", "untitled")):
+        return meta[:_TITLE_CHARS]
+    try:
+        lines = [ln.strip() for ln in doc[0].get_text().splitlines() if ln.strip()]
+    except Exception:
+        lines = []
+    head = " ".join(lines[:2])
+    if lines and 8 <= len(head) <= _TITLE_CHARS and sum(c.isalpha() for c in head) > len(head) / 2:
+        return head
+    stem = os.path.splitext(os.path.basename(src))[0]
+    return stem.replace("_", " ").replace("-", " ").strip() or src
+
+
+def page_contexts(doc: Any, src: str, n_pages: int) -> list[str]:
+    """Per page: ``title > enclosing section headings`` from the PDF outline, plus the headings of sections that
+    start on the page (``; ``-separated). Pages of a PDF without an outline get the title alone."""
+    title = doc_title(doc, src)
+    try:
+        toc = [(int(lvl), " ".join(str(t).split())[:_TITLE_CHARS], int(p)) for lvl, t, p, *_ in doc.get_toc()]
+    except Exception:  # a broken outline must not cost the pages
+        toc = []
+    out: list[str] = []
+    stack: list[tuple[int, str]] = []
+    j = 0
+    for page in range(1, n_pages + 1):
+        starting: list[str] = []
+        while j < len(toc) and toc[j][2] <= page:
+            lvl, t, p = toc[j]
+            while stack and stack[-1][0] >= lvl:
+                stack.pop()
+            stack.append((lvl, t))
+            if p == page and t:
+                starting.append(t)
+            j += 1
+        path = " > ".join(t for _, t in stack if t)
+        ctx = f"{title} > {path}" if path else title
+        extra = [t for t in starting[:_MAX_STARTING] if t not in path]
+        out.append(ctx + (f"; {'; '.join(extra)}" if extra else ""))
+    return out
 
 
 def _read_page(

@@ -59,6 +59,9 @@ class IngestSummary:
     """Busy seconds per stage: ``plan``, ``write`` and ``index`` on the driver; ``read`` and ``embed`` summed
     over the stage's actors (so they can exceed ``seconds`` when actors run in parallel). Time spent waiting
     (actor start-up, model loading, back-pressure) is in none of them."""
+    calibration: dict[str, Any] | None = None
+    """The collection's new calibration when this run changed it enough to redo it (see mmrag.calibration), or
+    ``{"error": ...}`` if calibrating failed (the ingested documents are kept either way)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,11 +142,13 @@ def ingest(
     collection: str | None = None,
     store: LanceStore | None = None,
     progress: ProgressFn | None = None,
+    calibrate: bool = True,
 ) -> IngestSummary:
-    """Ingest files, directories, globs or object-store URIs into the configured store."""
+    """Ingest files, directories, globs or object-store URIs into the configured store, then re-calibrate the
+    collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it)."""
     import ray
 
-    from mmrag.ingest.stages import EmbedStage, ReadStage
+    from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
 
     t_start = time.perf_counter()
     collection = collection or cfg.store.default_collection
@@ -152,7 +157,8 @@ def ingest(
     summary = IngestSummary(collection=collection, store=store.uri)
     run_id = uuid.uuid4().hex[:12]
     dim = cfg.models.retriever.dim
-    store.ensure_tables(dim)
+    text_dim = cfg.models.text.dim if cfg.models.text is not None else None
+    store.ensure_tables(dim, text_dim)
 
     if cfg.models.uses_tiny():
         from mmrag.models.tiny import build_tiny
@@ -162,7 +168,14 @@ def ingest(
     _check_ocr(cfg)
     t_plan = time.perf_counter()
     tasks, plan_errors, skipped = plan(inputs, cfg, store, collection)
-    stage_s = {"plan": time.perf_counter() - t_plan, "read": 0.0, "embed": 0.0, "write": 0.0, "index": 0.0}
+    stage_s = {
+        "plan": time.perf_counter() - t_plan,
+        "read": 0.0,
+        "embed": 0.0,
+        "text_embed": 0.0,
+        "write": 0.0,
+        "index": 0.0,
+    }
     summary.skipped = skipped
     summary.errors.extend(plan_errors)
     if plan_errors:
@@ -215,6 +228,16 @@ def ingest(
         num_gpus=cfg.ingest.embed.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
     )
+    if cfg.models.text is not None:
+        ds = ds.map_batches(
+            TextEmbedStage,
+            fn_constructor_kwargs={"text_cfg": cfg.models.text.model_dump()},
+            batch_size=cfg.ingest.text_embed.batch_size,
+            batch_format="pyarrow",
+            num_cpus=cfg.ingest.text_embed.num_cpus,
+            num_gpus=cfg.ingest.text_embed.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ingest.text_embed.concurrency),
+        )
 
     docs = {t["source_uri"]: _DocProgress(t["source_uri"], t["content_hash"], t["doc_kind"]) for t in tasks}
     store.begin_documents(collection, [(d.source_uri, d.content_hash) for d in docs.values()])
@@ -237,8 +260,10 @@ def ingest(
                     f"the encoder {cfg.models.retriever.model} outputs {got}-dimensional vectors but "
                     f"models.retriever.dim is {dim}; set models.retriever.dim: {got}"
                 )
-            buffered.append(_to_items_table(items, cfg, dim))
+            buffered.append(_to_items_table(items, cfg, dim, text_dim))
             stage_s["embed"] += float(pc.sum(items["embed_s"]).as_py() or 0)
+            if text_dim:
+                stage_s["text_embed"] += float(pc.sum(items["text_embed_s"]).as_py() or 0)
         finished: list[_DocProgress] = []
         for row in batch.select(
             ["kind", "source_uri", "modality", "page", "reason", "n_items", "n_errors"]
@@ -280,11 +305,25 @@ def ingest(
     t0 = time.perf_counter()
     store.refresh_text_index()
     stage_s["index"] = time.perf_counter() - t0
+    if calibrate and summary.documents:
+        t0 = time.perf_counter()
+        summary.calibration = _calibrate(cfg, collection)
+        stage_s["calibrate"] = time.perf_counter() - t0
     summary.files = counts["files"]
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
     summary.seconds = time.perf_counter() - t_start
     summary.stage_seconds = stage_s
     return summary
+
+
+def _calibrate(cfg: MmragConfig, collection: str) -> dict[str, Any] | None:
+    from mmrag.calibration import maybe_calibrate
+
+    try:
+        return maybe_calibrate(cfg, collection)
+    except Exception as e:  # the documents are in; a failed calibration leaves the previous one (or the defaults)
+        log.exception("calibrating collection %s failed", collection)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _drop_unrecorded_versions(store: LanceStore, collection: str, docs: list[_DocProgress]) -> None:
@@ -340,9 +379,9 @@ def _finished(collection: str, d: _DocProgress, cfg: MmragConfig) -> FinishedDoc
     )
 
 
-def _to_items_table(items: pa.Table, cfg: MmragConfig, dim: int) -> pa.Table:
+def _to_items_table(items: pa.Table, cfg: MmragConfig, dim: int, text_dim: int | None = None) -> pa.Table:
     n = items.num_rows
-    schema = S.items_schema(dim)
+    schema = S.items_schema(dim, text_dim)
     now = dt.datetime.now(dt.UTC)
     colls = items["collection"].to_pylist()
     uris = items["source_uri"].to_pylist()

@@ -52,6 +52,9 @@ class DecodedItem:
     """``pdf`` when ``text`` is the PDF text layer, ``ocr`` when it was recognised, None when empty."""
     warnings: list[str] = field(default_factory=list)
     """Problems that did not stop the item from loading (damaged content, padding, skipped frames)."""
+    context: str | None = None
+    """Where the item sits in its document: the document's title and, for a PDF page, the headings of the sections
+    around it (from the outline). The dense text channel embeds it with every window of the item's text."""
 
     @property
     def keyframe(self) -> Image.Image:

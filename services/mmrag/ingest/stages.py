@@ -40,6 +40,7 @@ STREAM_SCHEMA = pa.schema(
         pa.field("frame_ts", pa.list_(pa.float64())),
         pa.field("text", pa.string()),
         pa.field("text_source", pa.string()),
+        pa.field("context", pa.string()),
         pa.field("thumbnail", pa.binary()),
         pa.field("image", pa.binary()),
         pa.field("frames", pa.list_(pa.binary())),
@@ -181,6 +182,7 @@ class ReadStage:
             "frame_ts": list(rec.frame_ts) if rec.frame_ts is not None else None,
             "text": text,
             "text_source": text_source,
+            "context": rec.context or _file_title(rec.source),
             "thumbnail": rec.thumbnail_png,
             "image": _jpeg(key, self.cfg.stored_image_pixels),
             "frames": [_jpeg(im, self.cfg.stored_image_pixels // 4) for im in images]
@@ -192,6 +194,14 @@ class ReadStage:
             "enc_w": w,
             "enc_h": h,
         }
+
+
+def _file_title(source: str) -> str:
+    """A file's name without folders and extension, words split: the context of items of files without a title."""
+    import os
+
+    stem = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
+    return stem.replace("_", " ").replace("-", " ").strip() or stem
 
 
 def _timed_table(rows: list[dict[str, Any]], busy_s: float) -> pa.Table:
@@ -276,6 +286,60 @@ class EmbedStage:
                 failed.add(owner)
                 per_item.pop(owner, None)
         return per_item
+
+
+def text_fields_stream(text_dim: int) -> list[pa.Field]:
+    """Columns TextEmbedStage adds (as the store keeps them, see :func:`mmrag.store.schema.text_fields`)."""
+    from mmrag.store.schema import text_fields
+
+    added = [f for f in text_fields(text_dim) if f.name != "context"]  # the reader already set ``context``
+    return [*added, pa.field("text_embed_s", pa.float64())]
+
+
+class TextEmbedStage:
+    """Embed each item's text with the dense text model: one vector per word window, plus their mean.
+
+    Items without text get nulls (the dense channel cannot find them; the visual channel and BM25 still can).
+    A model failure on a batch is logged and leaves the batch's text vectors null rather than failing the
+    documents: the text channel is an extra, the item is still searchable.
+    """
+
+    def __init__(self, text_cfg: dict[str, Any]) -> None:
+        from mmrag.config import TextModelConfig
+        from mmrag.models.text_encoder import TextEncoder
+
+        self.cfg = TextModelConfig.model_validate(text_cfg)
+        self.encoder = TextEncoder.from_config(self.cfg)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mmrag.models.text_encoder import mean_vector
+
+        t0 = time.perf_counter()
+        kinds = batch.column("kind").to_pylist()
+        texts = batch.column("text").to_pylist()
+        contexts = batch.column("context").to_pylist()
+        wanted = [t if k == "item" else None for k, t in zip(kinds, texts, strict=True)]
+        ctx = [c if k == "item" else None for k, c in zip(kinds, contexts, strict=True)]
+        try:
+            vecs = self.encoder.embed_items(wanted, ctx)
+        except Exception:
+            log.exception("text embedding failed for a batch; its items get no text vectors")
+            vecs = [None] * len(wanted)
+        dim = self.cfg.dim
+        chunks, _, _ = vectors_to_arrow(vecs, dim)
+        means = [None if v is None else mean_vector(v) for v in vecs]
+        flat = np.concatenate([m if m is not None else np.zeros(dim, np.float32) for m in means]) if means else []
+        mean_arr = pa.FixedSizeListArray.from_arrays(
+            pa.array(flat, pa.float32()), dim, mask=pa.array([m is None for m in means], pa.bool_())
+        )
+        model = pa.array([self.cfg.model if v is not None else None for v in vecs], pa.string())
+        n_done = max(1, sum(v is not None for v in vecs))
+        each = (time.perf_counter() - t0) / n_done
+        secs = pa.array([each if v is not None else None for v in vecs], pa.float64())
+        out = batch
+        for f, col in zip(text_fields_stream(dim), (chunks, mean_arr, model, secs), strict=True):
+            out = out.append_column(f, col)
+        return out
 
 
 def _decode_frames(batch: pa.Table, kinds: list[str]) -> tuple[list[Any], list[int]]:

@@ -253,3 +253,24 @@ def test_text_is_safe_to_store() -> None:
     # NULs and lone surrogates occur in real text layers and break Arrow/JSON encoders
     assert clean_text("a\x00b\ud800c") == "ab?c"
     assert clean_text("Stra\u00dfe \ufb01") == "Stra\u00dfe \ufb01"
+
+
+def test_pages_carry_their_title_and_section_headings(tmp_path) -> None:
+    """The dense text channel embeds each page with its place in the document (title > section > subsection)."""
+    import pymupdf
+
+    from mmrag.ingest.pdf import page_contexts
+
+    doc = pymupdf.open()
+    for i in range(4):
+        doc.new_page().insert_text((72, 72), f"body of page {i + 1}")
+    doc.set_metadata({"title": "Plotting Manual"})
+    doc.set_toc([[1, "Commands", 1], [2, "Plot", 2], [2, "Set", 3], [3, "Set style", 3], [1, "Index", 4]])
+    got = page_contexts(doc, "/x/manual.pdf", 4)
+    assert got[0] == "Plotting Manual > Commands"
+    assert got[1] == "Plotting Manual > Commands > Plot"
+    assert got[2] == "Plotting Manual > Commands > Set > Set style"
+    assert got[3] == "Plotting Manual > Index"
+    bare = pymupdf.open()
+    bare.new_page()
+    assert page_contexts(bare, "/x/my_report-2024.pdf", 1) == ["my report 2024"]  # no title, no text: the file name
