@@ -1,30 +1,101 @@
 """``mmrag demo``: the whole product once, on the embedded default.
 
-Builds the tiny checkpoints, ingests the bundled sample (a real PDF and a real video, ``deploy/sample``) into a
-demo store, starts the app on a local Ray, asks a question through ``/v1/answer``, prints the streamed answer
-and its citations, and shuts everything down.
+Prepares the offline models (``mmrag models build``), ingests the bundled sample (a real PDF and a real video,
+``deploy/sample``) into a demo store, starts the app on a local Ray, asks a question through ``/v1/answer``, prints
+the streamed answer and its citations, and shuts everything down. Ray's, Serve's and vLLM's own output goes to a
+log file (:func:`output_to_log`) unless asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
-from mmrag.config import MmragConfig, sample_dir
+from mmrag.config import REAL_GENERATOR, REAL_PREFIX, TINY_PREFIX, MmragConfig, sample_dir
 from mmrag.constants import mmrag_home
 
 DEFAULT_QUESTION = "How do I plot data from a file with gnuplot?"
 COLLECTION = "demo"
 
+#: Printed when the generator is a tiny random-weight model (``tiny:qwen2-vl``).
 NOISE_NOTICE = (
-    "The generator here is a tiny random-weight Qwen2-VL built offline: its words are noise, by design (no model "
-    "weights can be downloaded on this machine). Retrieval, citations and the serving path are real. For real "
-    "answers switch the model, e.g. MMRAG_MODELS__GENERATOR__MODEL=Qwen/Qwen2.5-VL-3B-Instruct (and "
-    "MMRAG_MODELS__RETRIEVER__MODEL=vidore/colqwen2.5-v0.2 with a fresh store), or use --profile gpu."
+    "The generator here is a tiny random-weight Qwen2-VL built offline: its words are noise, by design (no "
+    "vision-language weights can be downloaded on this machine). Retrieval, citations and the serving path are real. "
+    f"For real answers use the default {REAL_PREFIX}{REAL_GENERATOR} (real weights, text only), a real "
+    "vision-language model (e.g. MMRAG_MODELS__GENERATOR__MODEL=Qwen/Qwen2.5-VL-3B-Instruct), or --profile gpu."
 )
+#: Printed when the generator has real weights but is small and reads text only (the local-cpu default).
+SMALL_MODEL_NOTICE = (
+    "The generator is SmolLM2-135M-Instruct with real weights: it answers from the sources' text (never their "
+    "images) and, at 135M parameters, its answers are short and sometimes wrong. For better answers use a larger "
+    "model, e.g. MMRAG_MODELS__GENERATOR__MODEL=Qwen/Qwen2.5-VL-3B-Instruct, or --profile gpu."
+)
+
+_KNOWN = {
+    f"{TINY_PREFIX}qwen2-vl": "tiny random Qwen2-VL (its words are noise)",
+    f"{TINY_PREFIX}colqwen2": "tiny random ColQwen2 (its scores are noise and calibration switches it off)",
+    f"{REAL_PREFIX}{REAL_GENERATOR}": "SmolLM2-135M-Instruct (real weights, text only)",
+}
+
+
+def describe_models(cfg: MmragConfig) -> list[str]:
+    """One line per model role, saying which weights are real and which are tiny random stand-ins."""
+    lines = []
+    for role, ref in (("generator", cfg.models.generator.model), ("visual retriever", cfg.models.retriever.model)):
+        lines.append(f"{role}: {_KNOWN.get(ref, f'{ref} (real weights)')}")
+    if cfg.generator.engine == "echo":
+        lines[0] = "generator: the echo debug engine, no model (it repeats the prompt: its words are noise)"
+    elif cfg.generator.engine == "none":
+        lines[0] = "generator: none (search only)"
+    text = getattr(cfg.models, "text", None)  # the dense text channel, where this build has one
+    if text is not None:
+        lines.append(f"text retriever: {text.model} (real weights)")
+    return lines
+
+
+def generator_is_noise(cfg: MmragConfig) -> bool:
+    """Whether the answer's words mean nothing: a tiny random-weight generator, or the echo engine."""
+    return cfg.generator.engine == "echo" or cfg.models.generator.model.startswith(TINY_PREFIX)
+
+
+def default_log_path() -> Path:
+    return mmrag_home() / "demo" / "logs" / time.strftime("demo-%Y%m%d-%H%M%S.log")
+
+
+@contextlib.contextmanager
+def output_to_log(path: Path) -> Iterator[tuple[TextIO, TextIO]]:
+    """Point this process's stdout and stderr (file descriptors 1 and 2, so C++ and child-process output too) at
+    ``path``; yield ``(out, err)``: files on the original stdout and stderr, for the progress lines and the answer.
+
+    Ray's and vLLM's workers write to Ray's session logs (``log_to_driver`` is off); what reaches the terminal from
+    the driver (Ray's start-up, Serve's deploy lines, Ray Data's progress, library warnings) lands in ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield out, err
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        out.close()
+        err.close()
 
 
 @dataclass
@@ -73,17 +144,16 @@ def run_demo(
     when given, is called before the shutdown (the CLI blocks there with --keep-serving)."""
     from mmrag.client import ask
     from mmrag.ingest.pipeline import ingest
+    from mmrag.models.prepare import prepare_models
     from mmrag.serve.run import run_app
 
     cfg = demo_config(cfg, db)
     seconds: dict[str, float] = {}
-    if cfg.models.uses_tiny():
-        from mmrag.models.tiny import build_tiny
-
-        t0 = time.perf_counter()
-        build_tiny(cfg.models.tiny_dir)
-        seconds["models"] = time.perf_counter() - t0
-        say(f"tiny checkpoints ready in {cfg.models.tiny_dir}")
+    t0 = time.perf_counter()
+    say("preparing the models (offline; the first run converts SmolLM2 and builds the tiny ones) ...")
+    for info in prepare_models(cfg):
+        say(f"  {info['model']}: {info['kind']}, in {info['path']}")
+    seconds["models"] = time.perf_counter() - t0
     sample = sorted(p for p in sample_dir().iterdir() if p.suffix in (".pdf", ".mp4"))
     say(f"ingesting {', '.join(p.name for p in sample)} into {cfg.store.uri} (collection {COLLECTION}) ...")
     t0 = time.perf_counter()

@@ -1,8 +1,8 @@
 """`mmrag demo`, the README's first command, as a new user runs it: a subprocess with its own local Ray.
 
 The echo engine stands in for vLLM here to keep CI short (test_rag_vllm.py answers through vLLM itself); everything
-else is the real demo: tiny models, the bundled 311-page PDF and video ingested, the app served, a streamed
-answer with citations, shutdown."""
+else is the real demo: the offline models, the bundled 311-page PDF and video ingested, the app served, a streamed
+answer with citations, shutdown; Ray's own output in a log file, not on the terminal."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def test_demo_ingests_serves_answers_and_shuts_down(mmrag_home: str, tmp_path: P
     assert res["ingest"]["pages"] == 311 and res["ingest"]["clips"] == 1 and res["ingest"]["errors"] == []
     assert res["answer"].startswith("echo: ") and res["generator_is_noise"] is True
     assert "its words are noise" in " ".join(out.stderr.split())
+    # which models are real and which are tiny stand-ins
+    assert "visual retriever: tiny random ColQwen2 (its scores are noise" in out.stderr
+    assert any(line.startswith("generator: the echo debug engine") for line in res["models"])
+    # Ray's, Serve's and Ray Data's own lines went to the log file, whose path was printed
+    log = Path(res["log"])
+    assert str(log) in out.stderr and log.is_file() and log.stat().st_size > 0
+    assert "Token authentication is enabled" not in out.stderr and "INFO" not in out.stderr
     cites = res["citations"]
     assert cites and all(c["source"].endswith(("gnuplot.pdf", "cup.mp4")) for c in cites)
     rows = LanceStore(str(db)).get_items([c["id"] for c in cites], ["page"])

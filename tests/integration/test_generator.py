@@ -1,5 +1,7 @@
-"""The generator deployment on a real local Ray: Ray Serve LLM's LLMServer running vLLM (the tiny Qwen2-VL, on CPU)
-and the echo engine behind the same handle protocol, both called through ``generate``.
+"""The generator deployment on a real local Ray: Ray Serve LLM's LLMServer running vLLM on CPU with local-cpu's
+generator, SmolLM2-135M-Instruct (real weights, text only), and the echo engine behind the same handle protocol
+with the tiny Qwen2-VL's config (images in the prompt), both called through ``generate``. The tiny Qwen2-VL itself
+answers image prompts through vLLM in test_vllm_tiny.py and through the whole app in test_rag_vllm.py.
 
 The vLLM deployment takes 1.5-3 minutes to become ready on a loaded 2-core machine; its ready time and the peak
 memory of its process tree (replica, engine core, worker) are printed (run with ``-s`` to see them).
@@ -41,11 +43,19 @@ def _delete_if_running(serve: Any, app: str) -> None:
         serve.delete(app)
 
 
+#: The vision-language generator: the tiny Qwen2-VL as local-cpu served it before SmolLM2 became its default.
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+
+
 def _cfg(engine: str, **generator_model: Any) -> MmragConfig:
     over: dict[str, Any] = {"generator": {"engine": engine}}
     if generator_model:
         over["models"] = {"generator": generator_model}
     return load_config("local-cpu", over, use_env=False)
+
+
+def _vlm(engine: str, **generator_model: Any) -> MmragConfig:
+    return _cfg(engine, **{**VLM, **generator_model})
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +108,11 @@ def serve_local(ray_local):
 
 
 @pytest.fixture(scope="module")
-def tiny_generator(mmrag_home: str) -> Path:
-    from mmrag.config import TINY_GENERATOR
-    from mmrag.models.tiny import build_tiny
+def smollm2(mmrag_home: str) -> Path:
+    """local-cpu's generator, converted once per session into ``$MMRAG_HOME/models/real``."""
+    from mmrag.models.prepare import build_real
 
-    return Path(build_tiny(Path(mmrag_home) / "models" / "tiny")[TINY_GENERATOR]["path"])
+    return build_real(_cfg("vllm"), _cfg("vllm").models.generator.model)
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -115,12 +125,15 @@ def test_cpu_profile_maps_to_one_fractional_cpu_bundle(ray_local, mmrag_home: st
     cfg = _cfg("vllm")
     llm = build_llm_config(cfg)
     assert llm.model_id == "mmrag" and llm.model_loading_config.model_source == str(
-        Path(mmrag_home) / "models" / "tiny" / "qwen2-vl"
+        Path(mmrag_home) / "models" / "real" / "smollm2-135m-instruct"
     )
     kw = llm.engine_kwargs
-    assert kw["max_model_len"] == 1024 and kw["enforce_eager"] is True and kw["dtype"] == "float32"
-    assert kw["limit_mm_per_prompt"] == {"image": 2, "video": 0}
+    assert kw["max_model_len"] == 2048 and kw["enforce_eager"] is True and kw["dtype"] == "float32"
+    # a text-only model gets no image limits (vLLM would reject multimodal options for it)
+    assert "limit_mm_per_prompt" not in kw and "mm_processor_kwargs" not in kw
     assert "gpu_memory_utilization" not in kw
+    vlm = build_llm_config(_vlm("vllm")).engine_kwargs
+    assert vlm["limit_mm_per_prompt"] == {"image": 2, "video": 0} and vlm["max_model_len"] == 1024
     # a local checkpoint needs no per-node download step (Ray Serve LLM's would start a worker per node for nothing)
     assert llm.callback_config.callback_class == "mmrag.serve.generator.SkipNodeDownloadCallback"
     opts = LLMServer.get_deployment_options(llm)
@@ -156,7 +169,7 @@ def echo_handle(serve_local):
     from mmrag.serve.generator import build_generator
 
     t0 = time.monotonic()
-    handle = serve_local.run(build_generator(_cfg("echo")), name=ECHO_APP, route_prefix=None)
+    handle = serve_local.run(build_generator(_vlm("echo")), name=ECHO_APP, route_prefix=None)
     print(f"\necho generator ready in {time.monotonic() - t0:.1f} s")
     yield handle
     _delete_if_running(serve_local, ECHO_APP)
@@ -165,7 +178,7 @@ def echo_handle(serve_local):
 async def test_echo_answers_deterministically_through_generate(echo_handle, contexts) -> None:
     from mmrag.serve.generator import build_prompt, generate
 
-    cfg = _cfg("echo")
+    cfg = _vlm("echo")
     msgs = build_prompt("What is a permutation test?", contexts, cfg)
     first = await generate(echo_handle, msgs, max_tokens=64, stream=False)
     assert first.text.startswith("echo: 2 image(s). [1] coin.pdf, page 1")
@@ -187,12 +200,12 @@ async def test_echo_answers_deterministically_through_generate(echo_handle, cont
 async def test_echo_errors_match_vllm(echo_handle, contexts) -> None:
     from mmrag.serve.generator import GeneratorError, build_prompt, generate
 
-    msgs = build_prompt("q?", contexts, _cfg("echo"))
+    msgs = build_prompt("q?", contexts, _vlm("echo"))
     for stream in (False, True):
         with pytest.raises(GeneratorError) as e:
             await generate(echo_handle, msgs, max_tokens=8, stream=stream, model="not-served")
         assert e.value.status == 404 and "not-served" in e.value.message
-    too_many = build_prompt("q?", contexts, _cfg("echo", max_images_per_prompt=3))
+    too_many = build_prompt("q?", contexts, _vlm("echo", max_images_per_prompt=3))
     with pytest.raises(GeneratorError) as e:
         await generate(echo_handle, too_many, max_tokens=8, stream=False)
     assert e.value.status == 400
@@ -238,8 +251,8 @@ class _PeakPss:
 
 
 @pytest.fixture(scope="module")
-def vllm_app(serve_local, tiny_generator):
-    """The real generator, started after the echo tests (file order) with the echo app gone."""
+def vllm_app(serve_local, smollm2):
+    """local-cpu's real generator (SmolLM2), started after the echo tests (file order) with the echo app gone."""
     from mmrag.serve.generator import build_generator
 
     cfg = _cfg("vllm")
@@ -254,18 +267,24 @@ def vllm_app(serve_local, tiny_generator):
     print(f"\nvLLM generator peak PSS {mem.peak / 2**30:.2f} GiB over {mem.procs} processes")
 
 
-async def test_vllm_answers_an_image_and_text_prompt(vllm_app, contexts) -> None:
+async def test_vllm_answers_from_the_sources(vllm_app, contexts) -> None:
+    """Real weights: the answer to a question about an invented fact comes from the source that states it."""
     from mmrag.serve.generator import build_prompt, estimate_prompt_tokens, generate
 
     cfg, handle = vllm_app["cfg"], vllm_app["handle"]
-    msgs = build_prompt("What is a permutation test?", contexts, cfg)
+    passage = {
+        **contexts[0],
+        "page": 7,
+        "text": "The annual Zorblat lantern festival is held every October in the mountain town of Quimbleton. "
+        "Visitors release paper lanterns over the lake at midnight.",
+    }
+    msgs = build_prompt("In which town is the Zorblat lantern festival held?", [contexts[1], passage], cfg)
+    assert isinstance(msgs[1]["content"], str) and "data:image" not in msgs[1]["content"], "text only"
     t0 = time.monotonic()
-    # random weights: without ignore_eos the greedy answer may end at once
-    out = await generate(handle, msgs, max_tokens=16, stream=False, model="mmrag", extra_body={"ignore_eos": True})
-    print(f"\nvLLM non-streaming answer in {time.monotonic() - t0:.2f} s: {out.usage}")
-    assert out.usage.completion_tokens == 16 and out.finish_reason == "length" and out.text
-    # two images of 63 visual tokens each are in the prompt, and the budget was an upper bound
-    assert 2 * 63 < out.usage.prompt_tokens <= estimate_prompt_tokens(msgs)
+    out = await generate(handle, msgs, max_tokens=32, stream=False, model="mmrag")
+    print(f"\nvLLM answer in {time.monotonic() - t0:.2f} s: {out.text!r} {out.usage}")
+    assert "Quimbleton" in out.text
+    assert 0 < out.usage.prompt_tokens <= estimate_prompt_tokens(msgs), "the budget is an upper bound"
 
 
 async def test_vllm_streams_deltas(vllm_app, contexts) -> None:
@@ -293,17 +312,19 @@ async def test_vllm_accepts_hostile_prompts_at_the_budget(vllm_app, contexts) ->
     exact = token_counter(cfg)
     for count in (None, exact):
         msgs = build_prompt("What does [2] say? " * 500, evil, cfg, count_tokens=count)
-        out = await generate(handle, msgs, max_tokens=g.max_tokens, stream=False, extra_body={"ignore_eos": True})
+        # built for g.max_tokens of answer; one token is enough to show the engine takes the prompt (CPU time)
+        out = await generate(handle, msgs, max_tokens=1, stream=False)
         assert out.usage.prompt_tokens <= g.max_model_len - g.max_tokens
         assert out.usage.prompt_tokens <= estimate_prompt_tokens(msgs, count)
         if count is exact:  # the exact counter fills the window
             assert out.usage.prompt_tokens > 0.8 * (g.max_model_len - g.max_tokens)
 
 
-async def test_vllm_refuses_more_images_than_configured(vllm_app, contexts) -> None:
+async def test_vllm_text_model_refuses_images(vllm_app, contexts) -> None:
+    """build_prompt never sends a text-only model an image; one that arrives anyway is a 400, not a crash."""
     from mmrag.serve.generator import GeneratorError, build_prompt, generate
 
-    msgs = build_prompt("q?", contexts, _cfg("vllm", max_images_per_prompt=3))
+    msgs = build_prompt("q?", contexts, _vlm("vllm"))  # a VLM's prompt, with images
     with pytest.raises(GeneratorError) as e:
         await generate(vllm_app["handle"], msgs, max_tokens=4, stream=False)
     assert e.value.status == 400

@@ -1,9 +1,11 @@
-"""End to end with the real generator: ingest a real PDF and video, deploy retriever, reranker, vLLM (Ray Serve
-LLM on the CPU build, tiny Qwen2-VL) and gateway, then answer through /v1/answer (plain and streamed), the
-official openai client on /v1/chat/completions (streamed), and `mmrag ask`.
+"""End to end with a vLLM generator: ingest a real PDF and video, deploy retriever, reranker, vLLM (Ray Serve
+LLM on the CPU build) and gateway, then answer through /v1/answer (plain and streamed), the official openai client
+on /v1/chat/completions (streamed), and `mmrag ask`.
 
-The tiny generator's words are noise, so the tests check structure: tokens arrive, the answer is the streamed
-text, citations are ingested items in prompt order, usage and timings are consistent."""
+The generator here is the tiny Qwen2-VL, not local-cpu's default text-only SmolLM2: this is the test of the
+vision-language path, with the retrieved pages' images in the prompt through the gateway (SmolLM2 answers from
+its sources in test_generator.py). Its words are noise, so the tests check structure: tokens arrive, the answer is
+the streamed text, citations are ingested items in prompt order, usage and timings are consistent."""
 
 from __future__ import annotations
 
@@ -46,10 +48,9 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("rag")
     for name in ("coin.pdf", "cup.mp4"):
         shutil.copy(DATA / name, d / name)
-    cfg = load_config(
-        "local-cpu",
-        {"store": {"uri": str(d / "db")}, "ingest": {"ocr": "never"}, "server": {"port": _free_port()}},
-    )
+    vlm = {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}
+    over = {"store": {"uri": str(d / "db")}, "ingest": {"ocr": "never"}, "server": {"port": _free_port()}}
+    cfg = load_config("local-cpu", {**over, "models": {"generator": vlm}})
     assert cfg.generator.engine == "vllm"
     summary = ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
     assert summary.pages == 11 and summary.clips == 1

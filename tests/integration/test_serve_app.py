@@ -49,6 +49,8 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             "ingest": {"ocr": "never"},
             "server": {"port": _free_port()},
             "generator": {"engine": "echo"},
+            # the vision-language prompt (page images reach the echo engine); local-cpu's SmolLM2 reads text only
+            "models": {"generator": {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}},
         },
     )
     ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
@@ -62,7 +64,7 @@ def _search(url: str, **body) -> httpx.Response:
     return httpx.post(f"{url}/v1/search", json=body, timeout=120)
 
 
-@pytest.mark.parametrize("mode", ["visual", "text", "hybrid"])
+@pytest.mark.parametrize("mode", ["visual", "text", "dense", "hybrid"])
 def test_search_modes_return_ranked_cited_items(served, mode: str) -> None:
     url, _, _ = served
     r = _search(url, query="permutation test", k=5, collection="docs", mode=mode)
@@ -82,8 +84,12 @@ def test_search_modes_return_ranked_cited_items(served, mode: str) -> None:
             assert h["start_s"] is not None and h["end_s"] > h["start_s"]
     if mode == "text":  # every text hit came from BM25, so it holds a query word
         assert all("bm25" in h["scores"] and h["modality"] == "page" for h in res)
-    if mode != "text":
+    if mode == "visual":
         assert all("maxsim" in h["scores"] for h in res)
+    if mode == "dense":  # the real all-MiniLM-L6-v2 over the pages' text (and the clip's file name)
+        assert all("dense" in h["scores"] for h in res)
+    if mode == "hybrid":  # fused with the collection's calibrated weights
+        assert all("fused" in h["scores"] for h in res)
 
 
 def test_concurrent_searches_are_batched_and_each_gets_its_own_results(served) -> None:
@@ -336,3 +342,37 @@ def test_prometheus_metrics_per_stage(served) -> None:
     assert "ray_mmrag_stage_latency_ms_bucket" in text and 'stage="retrieve"' in text and 'stage="generate"' in text
     assert "ray_mmrag_requests_total" in text and 'endpoint="answer"' in text
     assert "ray_serve_num_http_requests" in text, "Ray Serve's own metrics come from the same endpoint"
+
+
+# ------------------------------------------------------------------------------------------------ quality
+SLICE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "slice"
+
+
+def test_collections_show_their_calibration(served) -> None:
+    url, _, _ = served
+    got = httpx.get(f"{url}/v1/collections", timeout=30).json()["collections"]["docs"]["calibration"]
+    assert got is not None and got["fingerprint"]
+    if got.get("weights"):  # measured: the random-weight visual model is switched off by measurement
+        assert got["channels"]["visual"]["above_chance"] is False and "visual" not in got["weights"]
+        assert got["channels"]["bm25"]["above_chance"] is True
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_quality_slice_fusion_and_reranking_never_lose(served, where: str) -> None:
+    """On real questions about coin.pdf (benchmarks/data/slice), the fused ranking is not worse than its best channel
+    and reranking (as calibrated) does not lower it: the regression test for the quality targets."""
+    from mmrag.eval import run_eval
+
+    url, cfg, _ = served
+    kw = {"url": url} if where == "server" else {"cfg": cfg}
+    report = run_eval(SLICE / "queries.jsonl", SLICE / "qrels.jsonl", collection="docs", **kw)
+    ndcg = {r["name"]: r["means"]["ndcg@5"] for r in report["runs"] if r.get("available")}
+    assert set(ndcg) >= {"visual", "bm25", "dense", "fused", "fused+rerank", "default"}, ndcg
+    best = max(ndcg["visual"], ndcg["bm25"], ndcg["dense"])
+    assert ndcg["bm25"] > 0.3, ndcg  # real questions, real BM25: far above chance
+    from mmrag.store import LanceStore
+
+    cal = LanceStore.from_config(cfg.store).calibration("docs")
+    assert ndcg["fused"] >= best - 0.01, (ndcg, cal)
+    assert ndcg["fused+rerank"] >= ndcg["fused"] - 1e-9, ndcg
+    assert ndcg["default"] >= best - 0.01, ndcg

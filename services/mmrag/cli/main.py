@@ -128,6 +128,30 @@ def models_build_tiny(
         typer.echo(f"{name:10} {info['status']:8} {info['path']}")
 
 
+@models_app.command("build")
+def models_build(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a verified build exists.")] = False,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare every offline model the profile needs (idempotent): the tiny random-weight checkpoints and the real
+    ones converted from installed packages (real:smollm2-135m-instruct), into models.tiny_dir / models.real_dir."""
+    from mmrag.models.prepare import prepare_models
+
+    cfg = _config(profile)
+    try:
+        with console.status("preparing models ..."):
+            report = prepare_models(cfg, force=force)
+    except (RuntimeError, ValueError) as e:  # a missing package: the message names it and the install command
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(1) from e
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for info in report:
+        typer.echo(f"{info['model']:32} {info['kind']:22} {info['path']}")
+
+
 # ----------------------------------------------------------------------------------- not yet
 def _not_yet(what: str, issue: int) -> None:
     console.print(
@@ -214,7 +238,11 @@ def stats(db: DbOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False
     from mmrag.store import LanceStore
 
     cfg = _with_db(profile, db)
-    info = LanceStore.from_config(cfg.store).stats()
+    store = LanceStore.from_config(cfg.store)
+    info = store.stats()
+    cal = store.calibrations()
+    for name, c in info["collections"].items():
+        c["calibration"] = cal.get(name)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -224,6 +252,57 @@ def stats(db: DbOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False
     for name, c in sorted(info["collections"].items()):
         items = ", ".join(f"{n} {m}s" for m, n in sorted(c["items"].items())) or "no items"
         typer.echo(f"  {name}: {items}; {c['documents']} documents; {c['errors']} errors")
+        typer.echo(f"    search: {describe_calibration(c.get('calibration'))}")
+
+
+def describe_calibration(rec: dict[str, Any] | None) -> str:
+    """One line: how a collection's hybrid search fuses and reranks, and what it was measured on."""
+    if rec is None:
+        return "not calibrated (default weights; run `mmrag calibrate`)"
+    if not rec.get("weights"):
+        return f"{rec.get('status')}: {rec.get('detail', '')}"
+    w = ", ".join(f"{c} {v:g}" for c, v in sorted(rec["weights"].items()))
+    ch = rec.get("channels") or {}
+    off = [c for c, m in ch.items() if not m.get("above_chance")]
+    per = ", ".join(f"{c} {m['ndcg@10']:.2f}" for c, m in sorted(ch.items()))
+    rr = rec.get("reranker") or {}
+    rerank = f"reranker {rr.get('kind')} weight {rr.get('weight', 0):g}" if rr else "no reranker"
+    line = f"{rec.get('fusion')} fusion of {w}; {rerank}; probe nDCG@10 {per}, fused {rec.get('fused_ndcg@10')}"
+    if off:
+        line += f"; off (no better than chance): {', '.join(sorted(off))}"
+    return line + f" ({rec.get('probes')} probes, {rec.get('n_items')} items, {rec.get('created_at', '')[:19]})"
+
+
+@app.command()
+def calibrate(
+    db: DbOpt = None,
+    collection: CollectionOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Calibrate even if the last calibration still holds.")] = True,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a collection's search channels and reranker on probe queries drawn from its own items, and store the
+    fusion weights and reranking that rank them best (ingestion does this when a collection changes materially)."""
+    from mmrag.calibration import maybe_calibrate
+    from mmrag.store import LanceStore
+    from mmrag.store import schema as S
+
+    cfg = _with_db(profile, db)
+    name = collection or cfg.store.default_collection
+    try:
+        S.validate_collection(name)
+        store = LanceStore.from_config(cfg.store)
+        if not store.has_items() or name not in store.collections():
+            raise ValueError(f"no collection named {name!r} in {cfg.store.uri}")
+        with console.status(f"calibrating {name} ..."):
+            rec = maybe_calibrate(cfg, name, force=force) or store.calibration(name)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from e
+    if as_json:
+        typer.echo(json.dumps(rec))
+        return
+    typer.echo(f"{name}: {describe_calibration(rec)}")
 
 
 @app.command()
@@ -253,24 +332,41 @@ def delete(
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Number of results.")] = 10,
-    mode: Annotated[str | None, typer.Option("--mode", help="visual, text or hybrid (default: profile's).")] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="visual, text (BM25), dense or hybrid (default: profile's).")
+    ] = None,
     db: DbOpt = None,
     collection: CollectionOpt = None,
     url: Annotated[
         str | None, typer.Option("--url", help="Search through a running server instead of in-process.")
     ] = None,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Skip the reranker.")] = False,
+    rerank_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--rerank-weight", min=0, max=1, help="Force the reranker in at this weight (1: its order alone)."
+        ),
+    ] = None,
     profile: ProfileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the store: in-process (no server, no Ray) or through a server with --url."""
-    if mode is not None and mode not in ("visual", "text", "hybrid"):
-        console.print(f"[red]error:[/red] --mode must be visual, text or hybrid, not {mode!r}", highlight=False)
+    """Search the store: in-process (no server, no Ray) or through a server with --url. Hybrid fusion and
+    reranking follow the collection's calibration (see `mmrag stats`) unless the profile names weights."""
+    if mode is not None and mode not in ("visual", "text", "dense", "hybrid"):
+        console.print(f"[red]error:[/red] --mode must be visual, text, dense or hybrid, not {mode!r}", highlight=False)
         raise typer.Exit(2)
+    rerank = False if no_rerank else None
     if url:
         import httpx
 
-        body = {"query": query, "k": k, "mode": mode, "collection": collection, "rerank": not no_rerank}
+        body = {
+            "query": query,
+            "k": k,
+            "mode": mode,
+            "collection": collection,
+            "rerank": rerank,
+            "rerank_weight": rerank_weight,
+        }
         r = httpx.post(url.rstrip("/") + "/v1/search", json={k2: v for k2, v in body.items() if v is not None})
         if r.status_code != 200:
             console.print(f"[red]error {r.status_code}:[/red] {r.text}", highlight=False)
@@ -293,7 +389,9 @@ def search(
         cfg = _with_db(profile, db)
         try:
             searcher = LocalSearcher(cfg)
-            hits = searcher.search(query, k=k, collection=collection, mode=mode, rerank=not no_rerank)
+            hits = searcher.search(
+                query, k=k, collection=collection, mode=mode, rerank=rerank, rerank_weight=rerank_weight
+            )
         except ValueError as e:
             console.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from e
@@ -436,56 +534,82 @@ def demo(
     keep_serving: Annotated[
         bool, typer.Option("--keep-serving", help="Keep the app up after the answer until Ctrl-C.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Ray's, Serve's and vLLM's own output here, not in a log file.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """The main job on the embedded default: build the tiny models, ingest the bundled sample PDF and video,
+    """The main job on the embedded default: prepare the offline models, ingest the bundled sample PDF and video,
     serve the app on a local Ray, ask a question, print the cited answer, shut down."""
+    from rich.console import Console
+
     from mmrag.client import ServerError, describe_citation
-    from mmrag.demo import DEFAULT_QUESTION, NOISE_NOTICE, run_demo
+    from mmrag.demo import (
+        DEFAULT_QUESTION,
+        NOISE_NOTICE,
+        SMALL_MODEL_NOTICE,
+        default_log_path,
+        describe_models,
+        generator_is_noise,
+        output_to_log,
+        run_demo,
+    )
 
     cfg = _config(profile)
-
-    def say(line: str) -> None:
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-
-    def on_token(text: str) -> None:
-        if not as_json:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
-    def block(url: str) -> None:
-        console.print(f"serving on {url} (try: mmrag ask 'QUESTION' --url {url} -c demo); Ctrl-C stops it")
-        with contextlib.suppress(KeyboardInterrupt):
-            import threading
-
-            threading.Event().wait()
-
-    tiny = cfg.models.generator.model.startswith("tiny:")
-    if tiny:
-        say("note: " + NOISE_NOTICE)
-    if not as_json:
-        say("")
     json_out = _json_channel() if as_json else None  # the only way to the real stdout from here on
-    try:
-        result = run_demo(
-            cfg,
-            db=db,
-            question=question or DEFAULT_QUESTION,
-            say=say,
-            on_token=on_token,
-            keep_serving=block if keep_serving else None,
-        )
-    except (ServerError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from e
-    say("shut down: the app and the local Ray are stopped")
+    log_path = None if verbose else default_log_path()
+    with contextlib.ExitStack() as stack:
+        out, err = (sys.stdout, sys.stderr) if log_path is None else stack.enter_context(output_to_log(log_path))
+        term = Console(file=err, highlight=False, soft_wrap=True)
+
+        def say(line: str) -> None:
+            term.print(line, markup=False)
+
+        def on_token(text: str) -> None:
+            if not as_json:
+                out.write(text)
+                out.flush()
+
+        def block(url: str) -> None:
+            say(f"serving on {url} (try: mmrag ask 'QUESTION' --url {url} -c demo); Ctrl-C stops it")
+            with contextlib.suppress(KeyboardInterrupt):
+                import threading
+
+                threading.Event().wait()
+
+        noise = generator_is_noise(cfg)
+        for line in describe_models(cfg):
+            say(line)
+        if cfg.generator.engine == "vllm":
+            say("note: " + (NOISE_NOTICE if noise else SMALL_MODEL_NOTICE))
+        if log_path is not None:
+            say(f"Ray, Serve and vLLM output: {log_path} and Ray's session logs (--verbose shows it here)")
+        if not as_json:
+            say("")
+        try:
+            result = run_demo(
+                cfg,
+                db=db,
+                question=question or DEFAULT_QUESTION,
+                say=say,
+                on_token=on_token,
+                keep_serving=block if keep_serving else None,
+            )
+        except (ServerError, ValueError, RuntimeError) as e:
+            term.print(f"[red]error:[/red] {e}", markup=True)
+            if log_path is not None:
+                say(f"(details in {log_path})")
+            raise typer.Exit(1) from e
+        say("shut down: the app and the local Ray are stopped")
     if json_out is not None:
         doc = {
             "question": result.question,
             **result.answer,
             "ingest": result.ingest,
             "seconds": result.seconds,
-            "generator_is_noise": tiny,
+            "generator_is_noise": noise,
+            "models": describe_models(cfg),
+            "log": str(log_path) if log_path else None,
         }
         json_out.write(json.dumps(doc) + "\n")
         json_out.flush()
@@ -493,10 +617,108 @@ def demo(
     typer.echo("\n\nSources:")
     for c in result.answer["citations"]:
         typer.echo("  " + describe_citation(c))
-    if tiny:
+    if noise:
         typer.echo(
             "\n(The answer above comes from a tiny random-weight model: its words are noise. See the note above.)"
         )
+
+
+# --------------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_cmd(
+    queries: Annotated[
+        Path | None, typer.Option("--queries", "-q", help="queries.jsonl: {id, query[, answer, kind]} a line.")
+    ] = None,
+    qrels: Annotated[
+        Path | None,
+        typer.Option(
+            "--qrels", help="qrels.jsonl: {query_id, relevance, item_id | source + page | source + start_s/end_s}."
+        ),
+    ] = None,
+    collection: CollectionOpt = None,
+    url: Annotated[str | None, typer.Option("--url", help="Evaluate a running server instead of in-process.")] = None,
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            "--runs",
+            help="Comma-separated runs: visual, bm25, dense, fused, fused+rerank, default (all by default), "
+            "or NAME=MODE[:true|false|default].",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per search (the @10 metrics need 10).")] = 10,
+    out: Annotated[Path | None, typer.Option("--out", help="Write eval.json and eval.md into this folder.")] = None,
+    answers: Annotated[
+        bool, typer.Option("--answers", help="Also score /v1/answer (cited precision, token F1); needs --url.")
+    ] = False,
+    import_vidore: Annotated[
+        Path | None,
+        typer.Option(
+            "--import-vidore",
+            help="Convert a ViDoRe/BEIR dataset folder (or parquet) into queries.jsonl + qrels.jsonl in --out, "
+            "then stop.",
+        ),
+    ] = None,
+    db: DbOpt = None,
+    profile: ProfileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score retrieval quality against relevance judgements: nDCG@5/10, recall@5/10, MRR@10 and latency per
+    run (search mode + rerank), in-process or against a server (--url)."""
+    from mmrag.eval import EvalInputError, markdown, parse_runs, run_eval, write_report
+
+    def fail(e: Exception) -> typer.Exit:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        return typer.Exit(2)
+
+    if import_vidore is not None:
+        from mmrag.eval.vidore import import_vidore as convert
+
+        if out is None:
+            raise fail(ValueError("--import-vidore needs --out DIR for the converted files"))
+        try:
+            info = convert(import_vidore, out)
+        except (EvalInputError, OSError) as e:
+            raise fail(e) from e
+        if as_json:
+            typer.echo(json.dumps(info))
+        else:
+            typer.echo(
+                f"wrote {info['queries']} ({info['n_queries']} queries) and {info['qrels']} ({info['n_qrels']} qrels)"
+            )
+            if info["corpus"]:
+                typer.echo(f"ingest the images first: mmrag ingest {info['corpus']}")
+        return
+    if queries is None or qrels is None:
+        raise fail(ValueError("give --queries and --qrels (or --import-vidore DIR --out OUT)"))
+    if answers and not url:
+        raise fail(ValueError("--answers needs a server with a generator: give --url"))
+    try:
+        specs = parse_runs(runs)
+    except ValueError as e:
+        raise fail(e) from e
+    cfg = _with_db(profile, db) if url is None or profile or db else None
+    try:
+        report = run_eval(
+            queries,
+            qrels,
+            cfg=cfg,
+            url=url,
+            collection=collection,
+            runs=specs,
+            k=k,
+            answers=answers,
+            argv=sys.argv[1:],
+            progress=lambda msg: console.print(msg, highlight=False, markup=False),
+        )
+    except ValueError as e:  # EvalInputError included: it names the file and line
+        raise fail(e) from e
+    if out is not None:
+        md = write_report(report, out / "eval.json")
+        console.print(f"wrote {out / 'eval.json'} and {md}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(report, default=str))
+    else:
+        typer.echo(markdown(report))
 
 
 def main() -> None:

@@ -41,16 +41,19 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def build_app_from_config(cfg: MmragConfig) -> Application:
     """Gateway(retriever, reranker, generator); no generator with ``generator.engine: none`` (search only)."""
+    from mmrag.models.prepare import prepare_models
     from mmrag.serve.gateway import Gateway
+    from mmrag.serve.generator import is_vision_model
     from mmrag.serve.reranker import Reranker
     from mmrag.serve.retriever import Retriever
 
-    if cfg.models.uses_tiny():
-        # Replicas load the tiny checkpoints from models.tiny_dir: build them once here (a no-op when a verified
-        # build exists), so `serve run deploy/serve/local-cpu.yaml` works on a fresh machine.
-        from mmrag.models.tiny import build_tiny
-
-        build_tiny(cfg.models.tiny_dir)
+    # Replicas load the tiny: and real: checkpoints from models.tiny_dir / real_dir: build them once here (a no-op
+    # when a verified build exists), so `serve run deploy/serve/local-cpu.yaml` works on a fresh machine.
+    prepare_models(cfg)
+    if cfg.models.generator.vision is None:
+        # Decided once, where the checkpoint was just prepared: the gateway then needs no access to it.
+        g = cfg.models.generator.model_copy(update={"vision": is_vision_model(cfg)})
+        cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"generator": g})})
     tree = cfg.model_dump(mode="json")
     retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
     reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
+import logging
 import re
 import threading
 import time
@@ -47,6 +49,8 @@ COLLECTIONS_TTL_S = 5.0
 ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
 GEN_ERRORS = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
 SSE = {"content": {"text/event-stream": {}}}
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -144,6 +148,7 @@ class Gateway:
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._collections_refreshing = False
         self._rerank_info: dict[str, Any] | None = None
+        self._calibrations: dict[str, dict[str, Any]] = {}
         # (item id, with image) -> {"text", "prepared_image"}; items are immutable (ids hash the content)
         self._sources: collections.OrderedDict[tuple[str, bool], dict[str, Any]] = collections.OrderedDict()
         self._sources_lock = threading.Lock()
@@ -168,6 +173,10 @@ class Gateway:
     def _refresh_collections(self) -> set[str]:
         try:
             names = self.store.collections()
+            try:
+                self._calibrations = self.store.calibrations()
+            except Exception:  # a calibration being written or unreadable must not hide the collections
+                log.exception("reading the collections' calibrations failed; keeping the previous ones")
             self._collections = (time.monotonic(), names)
             return names
         finally:
@@ -219,18 +228,37 @@ class Gateway:
             scores={k: float(v) for k, v in (h.get("stage_scores") or {}).items()},
         )
 
+    def _calibration(self, collection: str) -> dict[str, Any] | None:
+        """The collection's calibration record, from the cache refreshed with the collection names."""
+        return self._calibrations.get(collection)
+
     async def run_search(self, req: SearchRequest) -> tuple[list[dict[str, Any]], str, str, dict[str, float]]:
-        """retriever → reranker; returns (hits, mode, collection, timings in ms)."""
+        """retriever → reranker; returns (hits, mode, collection, timings in ms).
+
+        Fusion weights and the reranker's weight follow :func:`mmrag.calibration.policy.resolve`: the request,
+        then the config, then the collection's calibration."""
+        from mmrag.calibration.policy import resolve
+        from mmrag.store.fusion import blend_rerank
+
         collection = self._check(req)
         if self._rerank_info is None:
             self._rerank_info = await self.reranker.info.remote()
-        rerank = req.rerank and self._rerank_info["kind"] != "none"
+        kind = self._rerank_info["kind"]
+        pol = resolve(
+            self.cfg,
+            self._calibration(collection),
+            weights=req.weights,
+            method=req.fusion,
+            rerank=req.rerank,
+            rerank_weight=req.rerank_weight,
+        )
+        rw = pol.rerank_weight if kind != "none" else 0.0
         mode = req.mode or self.cfg.retriever.default_mode
         # Visual mode ends in exact MaxSim already: the maxsim reranker would re-derive the same order, so there is
         # no point in widening the candidate list for it.
-        if rerank and mode == "visual" and self._rerank_info["kind"] == "maxsim":
-            rerank = False
-        n = max(req.k, self.cfg.reranker.candidates) if rerank else req.k
+        if mode == "visual" and kind == "maxsim":
+            rw = 0.0
+        n = max(req.k, self.cfg.reranker.candidates) if rw > 0 else req.k
         t0 = time.perf_counter()
         out = await self.retriever.search.remote(
             req.query,
@@ -238,21 +266,24 @@ class Gateway:
             collection=collection,
             mode=req.mode,
             filters=req.filters.model_dump(exclude_none=True) if req.filters else None,
+            weights=pol.weights,
+            fusion=pol.method,
         )
         timings = {"retrieve": (time.perf_counter() - t0) * 1e3, **out["timings"]}
         hits = out["hits"]
-        if rerank and self._rerank_info["kind"] == "maxsim" and all(exact_maxsim(h) is not None for h in hits):
-            # Every candidate already has its exact MaxSim from the retriever's last stage (visual mode): the
-            # maxsim reranker would compute the same numbers, so the round trip is skipped.
+        if rw > 0 and hits:
             t0 = time.perf_counter()
-            hits = sorted(({**h, "score": exact_maxsim(h)} for h in hits), key=lambda h: h["score"], reverse=True)
-            timings["rerank"] = (time.perf_counter() - t0) * 1e3
-        elif rerank:
-            qmv = out["query_mv"]
-            if qmv is None and self._rerank_info["needs_query_vectors"]:
-                qmv = await self.retriever.encode.remote(req.query)
-            t0 = time.perf_counter()
-            hits = await self.reranker.rerank.remote(req.query, qmv, hits, req.k)
+            pool = hits[: self.cfg.reranker.candidates]
+            if kind == "maxsim" and all(exact_maxsim(h) is not None for h in pool):
+                # Every candidate already has its exact MaxSim from the retriever's last stage: the maxsim reranker
+                # would compute the same numbers, so the round trip is skipped.
+                scores = [exact_maxsim(h) for h in pool]
+            else:
+                qmv = out["query_mv"]
+                if qmv is None and self._rerank_info["needs_query_vectors"]:
+                    qmv = await self.retriever.encode.remote(req.query)
+                scores = await self.reranker.scores.remote(req.query, qmv, pool)
+            hits = blend_rerank(pool, scores, rw, req.k, name=kind)
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
         return hits[: req.k], out["mode"], collection, timings
 
@@ -270,6 +301,13 @@ class Gateway:
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
 
+    @functools.cached_property
+    def _prompt_images(self) -> int:
+        """How many of the first sources go into a prompt as images: none for a text-only generator."""
+        from mmrag.serve.generator import is_vision_model
+
+        return self.cfg.models.generator.max_images_per_prompt if is_vision_model(self.cfg) else 0
+
     def _cached_key(self, item_id: str, with_image: bool) -> tuple[str, bool] | None:
         """The cache key that serves ``item_id`` (an entry with the image has the text too), or None; hold
         ``_sources_lock``."""
@@ -280,7 +318,7 @@ class Gateway:
 
     def _sources_cached(self, hits: list[dict[str, Any]]) -> bool:
         """Whether every source of ``hits`` (with its image where the prompt takes one) is in the cache."""
-        n_img = self.cfg.models.generator.max_images_per_prompt
+        n_img = self._prompt_images
         with self._sources_lock:
             return all(self._cached_key(h["id"], i < n_img) is not None for i, h in enumerate(hits))
 
@@ -289,7 +327,7 @@ class Gateway:
         parallel threads (and then cached, up to ``server.prompt_cache_items``)."""
         from mmrag.serve.generator import prepare_image
 
-        n_img = self.cfg.models.generator.max_images_per_prompt
+        n_img = self._prompt_images
         out: dict[str, dict[str, Any]] = {}
         missing: list[tuple[str, bool]] = []
         with self._sources_lock:  # requests build prompts in worker threads
@@ -345,8 +383,11 @@ class Gateway:
         collection: str | None,
         mode: str | None,
         filters: Any,
-        rerank: bool,
+        rerank: bool | None,
         max_tokens: int | None,
+        rerank_weight: float | None = None,
+        weights: dict[str, float] | None = None,
+        fusion: str | None = None,
     ) -> dict[str, Any]:
         """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``."""
         if self.generator is None:
@@ -364,6 +405,9 @@ class Gateway:
             mode=mode,
             filters=filters,
             rerank=rerank,
+            rerank_weight=rerank_weight,
+            weights=weights,
+            fusion=fusion,
         )
         hits, mode, collection, st = await self.run_search(sreq)
         t1 = time.perf_counter()
@@ -458,6 +502,9 @@ class Gateway:
             filters=req.filters,
             rerank=req.rerank,
             max_tokens=req.max_tokens,
+            rerank_weight=req.rerank_weight,
+            weights=req.weights,
+            fusion=req.fusion,
         )
         model = self.cfg.models.generator.served_model_name
         t_gen = time.perf_counter()
@@ -530,7 +577,7 @@ class Gateway:
             collection=opts.collection if opts else None,
             mode=opts.mode if opts else None,
             filters=opts.filters if opts else None,
-            rerank=opts.rerank if opts else True,
+            rerank=opts.rerank if opts else None,
             max_tokens=req.max_completion_tokens or req.max_tokens,
         )
         extra = {key: v for key in A.CHAT_PASSTHROUGH if (v := (req.model_extra or {}).get(key)) is not None}
@@ -607,8 +654,12 @@ class Gateway:
 
     @api.get("/v1/collections")
     async def collections(self) -> dict[str, Any]:
-        """Collections with searchable items, and what they hold."""
-        return {"collections": self.store.stats()["collections"]}
+        """Collections with searchable items, what they hold, and how each searches (its calibration)."""
+        colls = self.store.stats()["collections"]
+        cal = await asyncio.to_thread(self.store.calibrations)
+        for name, info in colls.items():
+            info["calibration"] = cal.get(name)
+        return {"collections": colls}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -55,6 +55,13 @@ class Reranker:
     async def info(self) -> dict[str, Any]:
         return {"kind": getattr(self.reranker, "name", "none"), "needs_query_vectors": self.needs_query_vectors}
 
+    async def scores(self, query: str, query_mv: np.ndarray | None, candidates: list[dict[str, Any]]) -> list[float]:
+        """The reranker's score of each candidate, in order (the gateway blends them with the fused order)."""
+        if self.reranker is None or not candidates:
+            return [0.0] * len(candidates)
+        got = await asyncio.to_thread(self.reranker.score, query, query_mv, candidates)
+        return [float(x) if np.isfinite(x) else -1e30 for x in got]
+
     async def rerank(
         self, query: str, query_mv: np.ndarray | None, candidates: list[dict[str, Any]], k: int
     ) -> list[dict[str, Any]]:

@@ -32,11 +32,19 @@ class _SearchArgs:
     collection: str
     mode: str
     filters: dict[str, Any] | None
+    weights: dict[str, float] | None = None
+    fusion: str | None = None
+
+    def needs(self, channel: str) -> bool:
+        """Whether this search runs ``channel`` (``visual`` or ``dense``), so its query vector is needed."""
+        return self.mode == channel or (self.mode == "hybrid" and (self.weights or {}).get(channel, 0) > 0)
 
 
 @serve.deployment(name=constants.RETRIEVER_DEPLOYMENT)
 class Retriever:
-    def __init__(self, config: dict[str, Any], *, encoder: Any = None, index: Any = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], *, encoder: Any = None, index: Any = None, text_encoder: Any = None
+    ) -> None:
         self.cfg = MmragConfig.model_validate(config)
         if encoder is None:
             from mmrag.models.encoder import ColPaliEncoder
@@ -49,7 +57,12 @@ class Retriever:
             index = SearchIndex.from_store(
                 LanceStore.from_config(self.cfg.store), {"first_stage_k": self.cfg.retriever.first_stage_k}
             )
+        if text_encoder is None and self.cfg.models.text is not None:
+            from mmrag.models.text_encoder import TextEncoder
+
+            text_encoder = TextEncoder.from_config(self.cfg.models.text)
         self.encoder = encoder
+        self.text_encoder = text_encoder
         self.index = index
         # tuned per profile, not Ray's defaults
         n = self.cfg.retriever.batch_max_size
@@ -74,6 +87,8 @@ class Retriever:
         collection: str,
         mode: str | None = None,
         filters: dict[str, Any] | None = None,
+        weights: dict[str, float] | None = None,
+        fusion: str | None = None,
     ) -> dict[str, Any]:
         """Ranked candidates as plain dicts, plus the query multivector for the reranker.
 
@@ -82,7 +97,7 @@ class Retriever:
         query's exact-stage multivectors from LanceDB in one take."""
         t0 = time.perf_counter()
         out = await self._search_batch(
-            _SearchArgs(query, k, collection, mode or self.cfg.retriever.default_mode, filters)
+            _SearchArgs(query, k, collection, mode or self.cfg.retriever.default_mode, filters, weights, fusion)
         )
         if isinstance(out, Exception):
             raise out
@@ -102,10 +117,15 @@ class Retriever:
 
         rcfg = self.cfg.retriever
         t0 = time.perf_counter()
-        needs = [i for i, a in enumerate(batch) if a.mode in ("visual", "hybrid")]
+        needs = [i for i, a in enumerate(batch) if a.needs("visual")]
         qmvs: dict[int, np.ndarray] = {}
         if needs:
             qmvs = dict(zip(needs, self.encoder.embed_queries([batch[i].query for i in needs]), strict=True))
+        needs_text = [i for i, a in enumerate(batch) if a.needs("dense")] if self.text_encoder is not None else []
+        qvecs: dict[int, np.ndarray] = {}
+        if needs_text:
+            got = self.text_encoder.embed_queries([batch[i].query for i in needs_text])
+            qvecs = dict(zip(needs_text, got, strict=True))
         t1 = time.perf_counter()
         queries: list[SearchQuery | None] = []
         errors: dict[int, Exception] = {}
@@ -125,14 +145,16 @@ class Retriever:
                     flt,
                     first_stage_k=max(a.k, rcfg.first_stage_k),
                     rrf_k=rcfg.rrf_k,
-                    text_weight=rcfg.text_weight,
+                    query_vec=qvecs.get(i),
+                    weights=a.weights,
+                    fusion=a.fusion,
                 )
             )
         valid = [i for i, q in enumerate(queries) if q is not None]
         found = dict(zip(valid, self.index.search_many([queries[i] for i in valid]), strict=True))
         t2 = time.perf_counter()
         timings = {"encode_ms": (t1 - t0) * 1e3, "search_ms": (t2 - t1) * 1e3, "batch": float(len(batch))}
-        if not needs:
+        if not needs and not needs_text:
             del timings["encode_ms"]
         out: list[dict[str, Any] | Exception] = []
         for i, a in enumerate(batch):

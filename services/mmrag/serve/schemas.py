@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mmrag.config import COLLECTION_PATTERN, SearchMode
+from mmrag.config import COLLECTION_PATTERN, Channel, FusionMethod, SearchMode
 
 ModalityName = Literal["page", "image", "clip"]
 
@@ -59,9 +59,36 @@ class SearchRequest(_Req):
     collection: str | None = Field(
         default=None, pattern=COLLECTION_PATTERN, description="Collection to search (default: the store's default)."
     )
-    mode: SearchMode | None = Field(default=None, description="visual, text or hybrid (default: retriever's).")
+    mode: SearchMode | None = Field(
+        default=None, description="visual, text (BM25), dense or hybrid (default: the retriever's)."
+    )
     filters: SearchFiltersIn | None = Field(default=None, description="Optional typed filters.")
-    rerank: bool = Field(default=True, description="Re-score candidates with the reranker deployment.")
+    rerank: bool | None = Field(
+        default=None,
+        description="Reranking: null (default) as the collection's calibration decided (skipped when it did not "
+        "improve the collection's probe queries); false never; true at the configured or calibrated weight.",
+    )
+    rerank_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How much the reranker's order counts against the fused order (1: its order alone); overrides "
+        "the configured and calibrated weight.",
+    )
+    weights: dict[Channel, float] | None = Field(
+        default=None,
+        description="Hybrid channel weights (visual, bm25, dense; a channel left out gets 0); default: the config's "
+        "retriever.fusion_weights, else the collection's calibration.",
+    )
+    fusion: FusionMethod | None = Field(default=None, description="Hybrid fusion method: rrf or score.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        from mmrag.config import check_weights
+
+        return check_weights(v)
 
 
 class SearchResult(BaseModel):
@@ -101,7 +128,33 @@ class AnswerRequest(_Req):
     )
     mode: SearchMode | None = Field(default=None, description="Search mode (default: the retriever's).")
     filters: SearchFiltersIn | None = Field(default=None, description="Optional typed filters.")
-    rerank: bool = Field(default=True, description="Re-score candidates with the reranker deployment.")
+    rerank: bool | None = Field(
+        default=None,
+        description="Reranking: null (default) as the collection's calibration decided (skipped when it did not "
+        "improve the collection's probe queries); false never; true at the configured or calibrated weight.",
+    )
+    rerank_weight: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="How much the reranker's order counts against the fused order (1: its order alone); overrides "
+        "the configured and calibrated weight.",
+    )
+    weights: dict[Channel, float] | None = Field(
+        default=None,
+        description="Hybrid channel weights (visual, bm25, dense; a channel left out gets 0); default: the config's "
+        "retriever.fusion_weights, else the collection's calibration.",
+    )
+    fusion: FusionMethod | None = Field(default=None, description="Hybrid fusion method: rrf or score.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        from mmrag.config import check_weights
+
+        return check_weights(v)
+
     stream: bool = Field(
         default=False,
         description="Server-sent events: `token` events ({text}), then `citations` ({citations}), then `done` "
@@ -160,7 +213,7 @@ class ChatOptions(_Req):
     collection: str | None = Field(default=None, pattern=COLLECTION_PATTERN, description="Collection to search.")
     mode: SearchMode | None = Field(default=None, description="Search mode.")
     filters: SearchFiltersIn | None = Field(default=None, description="Typed filters.")
-    rerank: bool = Field(default=True, description="Use the reranker.")
+    rerank: bool | None = Field(default=None, description="Use the reranker (null: as calibrated).")
 
 
 class StreamOptions(BaseModel):

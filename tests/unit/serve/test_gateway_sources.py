@@ -31,8 +31,13 @@ class FakeStore:
         return {i: {"id": i, **{c: self.rows[i][c] for c in columns}} for i in ids if i in self.rows}
 
 
-def _gateway(store: FakeStore, cache: int = 512) -> Any:
-    cfg = load_config("local-cpu", {"server": {"prompt_cache_items": cache}}, use_env=False)
+#: The vision-language generator (images in the prompt); local-cpu's default SmolLM2 reads text only.
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+
+
+def _gateway(store: FakeStore, cache: int = 512, generator: dict[str, Any] | None = None) -> Any:
+    over = {"server": {"prompt_cache_items": cache}, "models": {"generator": VLM if generator is None else generator}}
+    cfg = load_config("local-cpu", over, use_env=False)
     # @serve.ingress wraps the class (its __init__ becomes async); the class underneath is ours
     cls = next(c for c in Gateway.func_or_class.__mro__ if "_sources_for" in vars(c))
     return cls(cfg.model_dump(mode="json"), None, None, None, store=store, metrics=GatewayMetrics(enabled=False))
@@ -100,3 +105,15 @@ def test_sources_cached_says_when_a_prompt_needs_no_store_call() -> None:
     gw._build_prompt("q", _hits([n_img, 0]), 16)
     assert len(store.calls) == calls + 1 and gw._sources_cached(_hits([n_img, 0]))
     assert not gw._sources_cached(_hits([0, 9]))
+
+
+def test_text_only_generator_gets_text_and_no_image_is_fetched() -> None:
+    """local-cpu's SmolLM2 takes no images: the store is asked for text only, and the prompt is one string."""
+    store = FakeStore(10)
+    gw = _gateway(store, generator={})
+    assert gw.cfg.models.generator.model == "real:smollm2-135m-instruct" and gw._prompt_images == 0
+    msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
+    assert n == 4 and store.calls == [([f"{i:032x}" for i in range(4)], ["text"])]
+    user = msgs[1]["content"]
+    assert isinstance(user, str) and "full text of item 3" in user and user.endswith("Question: q")
+    assert gw._sources_cached(_hits([0, 1, 2, 3]))

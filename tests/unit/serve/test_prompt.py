@@ -27,8 +27,12 @@ from mmrag.serve.generator import (
 pytestmark = pytest.mark.unit
 
 
+#: The vision-language path: the tiny Qwen2-VL as local-cpu served it before SmolLM2 (text only) became its default.
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+
+
 def _cfg(**generator) -> MmragConfig:
-    return load_config("local-cpu", {"models": {"generator": generator}} if generator else None, use_env=False)
+    return load_config("local-cpu", {"models": {"generator": {**VLM, **generator}}}, use_env=False)
 
 
 def _jpeg(w: int = 640, h: int = 480, color: str = "red") -> bytes:
@@ -281,3 +285,45 @@ def test_nan_and_odd_fields_do_not_crash() -> None:
     assert texts[0] == "[1] unknown source\n"
     assert "[2] unknown source\n" in texts and "[3] unknown source\n" in texts
     assert not math.isnan(estimate_prompt_tokens(msgs))
+
+
+# ------------------------------------------------------------------------------------------- text-only generators
+def _text_cfg(**generator) -> MmragConfig:
+    """local-cpu's own generator: SmolLM2 (real weights, text only)."""
+    return load_config("local-cpu", {"models": {"generator": generator}} if generator else None, use_env=False)
+
+
+def test_text_only_generator_gets_one_string_without_images() -> None:
+    from mmrag.serve.generator import TEXT_SYSTEM_PROMPT, is_vision_model
+
+    cfg = _text_cfg()
+    assert cfg.models.generator.model == "real:smollm2-135m-instruct" and not is_vision_model(cfg)
+    contexts = [_page(1, "The coin package has permutation tests.", _jpeg()), _page(2, "Second page.", _jpeg())]
+    msgs = build_prompt("What does coin do?", contexts, cfg)
+    assert msgs[0] == {"role": "system", "content": TEXT_SYSTEM_PROMPT}
+    user = msgs[1]["content"]
+    assert isinstance(user, str) and "data:image" not in user
+    assert user == (
+        "[1] coin.pdf, page 1\nThe coin package has permutation tests.\n"
+        "[2] coin.pdf, page 2\nSecond page.\nQuestion: What does coin do?"
+    )
+    # the whole budget goes to text: long sources fill it, within the bound
+    long = [_page(i, "word " * 5000) for i in range(1, 5)]
+    msgs = build_prompt("q?", long, cfg)
+    assert 0.9 * _bound(cfg) < estimate_prompt_tokens(msgs) <= _bound(cfg)
+
+
+def test_vision_is_configurable_and_detected_from_the_checkpoint(tmp_path) -> None:
+    from mmrag.serve.generator import is_vision_model
+
+    assert is_vision_model(_text_cfg(vision=True)) and not is_vision_model(_cfg(vision=False))
+    for config, vision in (
+        ({"architectures": ["Qwen2VLForConditionalGeneration"], "vision_config": {"depth": 2}}, True),
+        ({"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"}, True),
+        ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, False),
+    ):
+        d = tmp_path / config["architectures"][0]
+        d.mkdir()
+        (d / "config.json").write_text(__import__("json").dumps(config))
+        assert is_vision_model(_text_cfg(model=str(d))) is vision
+    assert is_vision_model(_text_cfg(model="Qwen/Qwen2.5-VL-3B-Instruct")), "a hub id counts as a vision model"
