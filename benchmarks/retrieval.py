@@ -205,6 +205,74 @@ def _timed_search(index: SearchIndex, queries: list[np.ndarray], repeats: int = 
     return lat, results
 
 
+TEXT_DIM = 384
+
+
+def _dense_channel(
+    index: SearchIndex, queries: list[np.ndarray], relevant: list[int], n: int, seed: int
+) -> dict[str, Any]:
+    """Latency of the dense text channel beside the current path, measured in one run, alternating query by query.
+
+    Synthetic text vectors (3-10 windows of 384 dims per item, as all-MiniLM-L6-v2 gives for a page's text) are put
+    into the snapshot in RAM (their loading from LanceDB is covered by the tests); a query's text vector is a window
+    of its relevant item plus noise. Per query, in turn: ``visual`` (the current path: the cascade alone), ``dense``
+    alone, and ``hybrid`` with visual and dense weighted 0.5 each (the cascade, the dense channel, their fusion, and a
+    LanceDB take of the dense hits' text). The first-stage size of the dense channel is the index default.
+    """
+    from mmrag.store.dense import TextVectors
+    from mmrag.store.search import SearchQuery
+
+    rng = np.random.default_rng(seed + 1)
+    counts = rng.integers(3, 11, n)
+    centres = _unit(rng.normal(size=(max(8, int(1.5 * np.sqrt(n))), TEXT_DIM)).astype(np.float32))
+    topic = rng.integers(0, len(centres), n)
+    t0 = time.perf_counter()
+
+    def rows() -> Any:
+        for r in range(n):
+            w = centres[topic[r]] + 0.6 * rng.normal(size=(counts[r], TEXT_DIM)).astype(np.float32) / np.sqrt(TEXT_DIM)
+            yield r, _unit(w), None
+
+    index._snap.text = TextVectors.build(n, TEXT_DIM, rows())
+    build_s = time.perf_counter() - t0
+    qvecs = []
+    for rel in relevant:
+        tv = index._snap.text
+        s = int(tv.start[rel])
+        win = tv.chunks[s].astype(np.float32) * tv.scale[s]
+        qvecs.append(_unit(win + 0.5 * rng.normal(size=TEXT_DIM).astype(np.float32) / np.sqrt(TEXT_DIM)))
+    filters = SearchFilters(collection=COLLECTION)
+    modes = {
+        "visual": lambda q, v: SearchQuery("visual", q, "", K, filters),
+        "dense": lambda q, v: SearchQuery("dense", None, "", K, filters, query_vec=v),
+        "hybrid_visual_dense": lambda q, v: SearchQuery(
+            "hybrid", q, "", K, filters, query_vec=v, weights={"visual": 0.5, "dense": 0.5}
+        ),
+    }
+    for q, v in zip(queries[:3], qvecs[:3], strict=True):  # warm-up
+        for make in modes.values():
+            index.search_many([make(q, v)])
+    lat: dict[str, list[float]] = {m: [] for m in modes}
+    found: dict[str, int] = {m: 0 for m in modes}
+    for _ in range(2):
+        for q, v, rel in zip(queries, qvecs, relevant, strict=True):
+            for m, make in modes.items():
+                t = time.perf_counter()
+                hits = index.search_many([make(q, v)])[0]
+                lat[m].append(time.perf_counter() - t)
+                found[m] += int(f"item{rel:07d}" in [h.id for h in hits])
+    p50 = {m: round(_pct(x, 50), 2) for m, x in lat.items()}
+    return {
+        "text_vectors": int(counts.sum()),
+        "text_vectors_mb": round(index._snap.text.nbytes / 2**20, 1),
+        "build_s": round(build_s, 1),
+        "p50_ms": p50,
+        "p99_ms": {m: round(_pct(x, 99), 2) for m, x in lat.items()},
+        "hybrid_over_visual_p50": round(p50["hybrid_visual_dense"] / p50["visual"], 3),
+        "relevant_in_top10": {m: round(found[m] / len(lat[m]), 3) for m in modes},
+    }
+
+
 def _calibrate() -> float:
     """Median ms of a fixed kernel (int8 -> float32 gather + 180k x 128 x 20 matmul): shows CPU contention."""
     import torch
@@ -325,6 +393,8 @@ def run_size(n: int, *, n_queries: int, lance_queries: int, seed: int, workdir: 
     lat, res = _timed_search(index, queries)
     out["cascade"] = _summary(lat, res, truth, config="default")
     log(f"[{n}] cascade: {out['cascade']}")
+    out["dense_channel"] = _dense_channel(index, queries, relevant, n, seed)
+    log(f"[{n}] dense channel: {out['dense_channel']}")
 
     sweep = []
     for c1 in (250, 500, 1000, 1500, 2000, 4000):
@@ -471,6 +541,27 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         lines.append(
             f"| {n:,} | brute-force exact MaxSim (numpy) | {b['queries']} | {b['p50_ms']} | | 1.0 | compute only |"
         )
+    dense = [r for r in result["sizes"] if "dense_channel" in r]
+    if dense:
+        lines += [
+            "",
+            "## Dense text channel beside the current path (same run, alternating query by query)",
+            "",
+            "Synthetic 384-dim text windows (3-10 per item) in RAM as int8; `visual` is the current path (the cascade "
+            "alone), `hybrid` runs the cascade, the dense channel and their fusion (weights 0.5/0.5). Target: hybrid "
+            "p50 at 100k items at most 1.2x the current path.",
+            "",
+            "| items | text vectors | MB | visual p50 ms | dense p50 ms | hybrid p50 ms | hybrid / visual | "
+            "hybrid p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in dense:
+            d = r["dense_channel"]
+            lines.append(
+                f"| {r['items']:,} | {d['text_vectors']:,} | {d['text_vectors_mb']} | {d['p50_ms']['visual']} | "
+                f"{d['p50_ms']['dense']} | {d['p50_ms']['hybrid_visual_dense']} | {d['hybrid_over_visual_p50']} | "
+                f"{d['p99_ms']['hybrid_visual_dense']} |"
+            )
     lines += [
         "",
         "## Speed-up and memory",
