@@ -58,7 +58,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def cfg(tmp_path: Path, mmrag_home: str):
-    return load_config("local-cpu", {"store": {"uri": str(tmp_path / "db")}, "ingest": {"ocr": "never"}})
+    # calibration is covered by test_serve_app; here it would only add a minute per ingest
+    over = {"store": {"uri": str(tmp_path / "db")}, "ingest": {"ocr": "never"}, "calibration": {"enabled": False}}
+    return load_config("local-cpu", over)
 
 
 def _expected_clips(video: Path, clip_s: float) -> int:

@@ -49,7 +49,12 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
     for name in ("coin.pdf", "cup.mp4"):
         shutil.copy(DATA / name, d / name)
     vlm = {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}
-    over = {"store": {"uri": str(d / "db")}, "ingest": {"ocr": "never"}, "server": {"port": _free_port()}}
+    over = {
+        "store": {"uri": str(d / "db")},
+        "ingest": {"ocr": "never"},
+        "server": {"port": _free_port()},
+        "calibration": {"enabled": False},  # covered by test_serve_app
+    }
     cfg = load_config("local-cpu", {**over, "models": {"generator": vlm}})
     assert cfg.generator.engine == "vllm"
     summary = ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
