@@ -75,10 +75,14 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def score_fusion(
-    runs: Sequence[Mapping[str, Ranking]], relevant: Sequence[str], weights: Mapping[str, float], method: str
+    runs: Sequence[Mapping[str, Ranking]],
+    relevant: Sequence[str],
+    weights: Mapping[str, float],
+    method: str,
+    eligible: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> float:
     """Mean nDCG@10 of the fused rankings of every probe."""
-    return _mean(per_query(runs, relevant, weights, method))
+    return _mean(per_query(runs, relevant, weights, method, eligible))
 
 
 def fit_fusion(
@@ -90,8 +94,10 @@ def fit_fusion(
     grid_step: float,
     chance_z: float,
     min_gain: float,
+    eligible: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
-    """Weights and method for the fused ranking, with the per-channel measurements behind them."""
+    """Weights and method for the fused ranking, with the per-channel measurements behind them. ``eligible``: per
+    probe, id -> the channels that can rank that item (see :func:`mmrag.store.fusion.fused_scores`)."""
     nq = len(relevant)
     mean0, se0 = chance_mrr(n_items, nq)
     per: dict[str, dict[str, Any]] = {}
@@ -112,7 +118,7 @@ def fit_fusion(
         for subset in itertools.combinations(useful, size):
             for method in ("rrf", "score") if size > 1 else ("rrf",):
                 for w in weight_grid(list(subset), grid_step):
-                    per_q = per_query(runs, relevant, w, method)
+                    per_q = per_query(runs, relevant, w, method, eligible)
                     grid.setdefault((subset, method), []).append((w, per_q))
                     s = _mean(per_q)
                     cur = by_size.get(size)
@@ -125,7 +131,7 @@ def fit_fusion(
     single_best = max((per[c]["ndcg@10"] for c in channels), default=0.0)
     chosen = None
     if best is not None:
-        chosen = _middle_of_the_best(grid[(best["subset"], best["method"])], best, runs, relevant)
+        chosen = _middle_of_the_best(grid[(best["subset"], best["method"])], best, runs, relevant, eligible)
         if chosen["ndcg@10"] < max(single_best, best["ndcg@10"] - chosen["se"]):
             chosen = {**best, "indistinguishable": 1, "se": chosen["se"]}  # the middle lost: keep the argmax
     return {
@@ -144,12 +150,17 @@ def fit_fusion(
 
 
 def per_query(
-    runs: Sequence[Mapping[str, Ranking]], relevant: Sequence[str], weights: Mapping[str, float], method: str
+    runs: Sequence[Mapping[str, Ranking]],
+    relevant: Sequence[str],
+    weights: Mapping[str, float],
+    method: str,
+    eligible: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> list[float]:
     """nDCG@10 of every probe's fused ranking."""
+    elig = eligible if eligible is not None else [None] * len(runs)
     return [
-        ndcg_one(order(fused_scores(r, weights, method=method, rrf_k=RRF_K)), rel)  # type: ignore[arg-type]
-        for r, rel in zip(runs, relevant, strict=True)
+        ndcg_one(order(fused_scores(r, weights, method=method, rrf_k=RRF_K, eligible=e)), rel)  # type: ignore[arg-type]
+        for r, rel, e in zip(runs, relevant, elig, strict=True)
     ]
 
 
@@ -158,6 +169,7 @@ def _middle_of_the_best(
     best: dict[str, Any],
     runs: Sequence[Mapping[str, Ranking]],
     relevant: Sequence[str],
+    eligible: Sequence[Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """The mean of the weightings the probes cannot tell from the best one, scored.
 
@@ -180,7 +192,7 @@ def _middle_of_the_best(
     mid = {c: _mean([w[c] for w in keep]) for c in names}
     total = sum(mid.values())
     mid = {c: v / total for c, v in mid.items()}
-    score = _mean(per_query(runs, relevant, mid, best["method"]))
+    score = _mean(per_query(runs, relevant, mid, best["method"], eligible))
     return {"weights": mid, "method": best["method"], "ndcg@10": score, "indistinguishable": len(keep), "se": se_best}
 
 

@@ -115,6 +115,7 @@ def _measure(cfg: MmragConfig, searcher: Any, collection: str, probes: list[Any]
         runs_hits.extend(searcher.channel_rankings(queries[s : s + BATCH], collection=collection, depth=DEPTH))
     channels = list(runs_hits[0]) if runs_hits else []
     runs = [{c: [(h["id"], float(h["score"])) for h in per[c]] for c in per} for per in runs_hits]
+    eligible = [_eligible(per) for per in runs_hits]
     fitted = F.fit_fusion(
         runs,
         relevant,
@@ -123,6 +124,7 @@ def _measure(cfg: MmragConfig, searcher: Any, collection: str, probes: list[Any]
         grid_step=cc.grid_step,
         chance_z=cc.chance_z,
         min_gain=cc.min_gain,
+        eligible=eligible,
     )
     out: dict[str, Any] = {"status": "calibrated", **fitted}
     if fitted["weights"] is None:
@@ -165,7 +167,8 @@ def _measure_rerank(
                         prev["text"] = h["text"]
         lists = {c: [(h["id"], float(h["score"])) for h in hits] for c, hits in per.items()}
         # nDCG@10 is decided by what the reranker lifts into the top 10; 20 candidates keep the probe cheap
-        ids = order(fused_scores(lists, fitted["weights"], method=fitted["fusion"]))[: min(20, cfg.reranker.candidates)]
+        fused = fused_scores(lists, fitted["weights"], method=fitted["fusion"], eligible=_eligible(per))
+        ids = order(fused)[: min(20, cfg.reranker.candidates)]
         cands = [by_id[x] for x in ids]
         qmv = searcher.query_vectors(queries[i]) if rr.needs_query_vectors else None
         scores = rr.score(queries[i], qmv, cands)
@@ -175,6 +178,11 @@ def _measure_rerank(
     res["kind"] = getattr(rr, "name", cfg.reranker.kind)
     res["ms_per_query"] = round((time.perf_counter() - t0) * 1e3 / max(1, n), 1)
     return res
+
+
+def _eligible(per: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """id -> the channels that can rank it, from the hits' ``channels``."""
+    return {h["id"]: h["channels"] for hits in per.values() for h in hits if h.get("channels")}
 
 
 def maybe_calibrate(cfg: MmragConfig, collection: str, *, force: bool = False) -> dict[str, Any] | None:

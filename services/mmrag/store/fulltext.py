@@ -42,7 +42,7 @@ def bm25(table: Any, query: str, k: int, filters: SearchFilters, columns: list[s
     res = (
         table.search(MatchQuery(" ".join(terms), "text"), query_type="fts")
         .where(filters.to_sql(), prefilter=True)
-        .select(columns)
+        .select([*columns, "_score"])  # named, or LanceDB warns on every search that it added it
         .limit(k)
         .to_arrow()
     )

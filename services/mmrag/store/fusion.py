@@ -13,7 +13,7 @@ Which method and which weights a collection uses is measured on its own probe qu
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from mmrag.store.hits import Hit
@@ -27,8 +27,14 @@ def fused_scores(
     *,
     method: FusionMethod = "rrf",
     rrf_k: int = 60,
+    eligible: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, float]:
-    """id -> fused score from per-channel ``[(id, score), ...]`` lists, each best first."""
+    """id -> fused score from per-channel ``[(id, score), ...]`` lists, each best first.
+
+    ``eligible`` (id -> the channels that can rank that item at all): an item is scored over the channels that can
+    see it, its sum divided by their share of the weight. A silent video clip has no text for BM25; without this,
+    a clip at the top of the dense ranking would lose to every page that two channels return, and fusion would be
+    worse than the dense channel alone on questions about videos."""
     out: dict[str, float] = {}
     for name, ranked in rankings.items():
         w = float(weights.get(name, 0.0))
@@ -45,6 +51,14 @@ def fused_scores(
                 out[i] = out.get(i, 0.0) + w * ((s - lo) / span if span > 0 else 1.0)
         else:
             raise ValueError(f"unknown fusion method {method!r}; use rrf or score")
+    if eligible:
+        total = sum(w for w in weights.values() if w > 0)
+        for i in out:
+            chans = eligible.get(i)
+            if chans:
+                share = sum(w for c, w in weights.items() if w > 0 and c in chans)
+                if 0 < share < total:
+                    out[i] *= total / share
     return out
 
 
@@ -74,7 +88,8 @@ def fuse(
             stages.setdefault(h.id, {}).update(h.stage_scores)
             if h.text and not by_id[h.id].text:
                 by_id[h.id] = h
-    scores = fused_scores(lists, weights, method=method, rrf_k=rrf_k)
+    eligible = {i: h.channels for i, h in by_id.items() if h.channels}
+    scores = fused_scores(lists, weights, method=method, rrf_k=rrf_k, eligible=eligible)
     return [
         dataclasses.replace(by_id[i], score=scores[i], stage_scores={**stages[i], "fused": scores[i]})
         for i in order(scores)[:k]

@@ -23,6 +23,8 @@ class Hit:
     #: Score of this item at each stage that saw it: ``pooled``, ``tokens``, ``maxsim``, ``bm25``, ``dense``,
     #: ``fused``.
     stage_scores: dict[str, float] = field(default_factory=dict)
+    #: The channels that can rank this item at all (``visual``, ``bm25``, ``dense``); empty: unknown (all).
+    channels: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,7 @@ class Hit:
             "end_s": self.end_s,
             "text": self.text,
             "stage_scores": dict(self.stage_scores),
+            "channels": list(self.channels),
         }
 
 

@@ -200,6 +200,7 @@ class _Snapshot:
     tok_scale: np.ndarray | None  # float32 [total] (int8 only)
     exact: list[np.ndarray] | None = None  # array-backed: float32 multivectors
     texts: list[str | None] | None = None  # array-backed: item texts
+    has_text: np.ndarray | None = None  # bool [n]: the item has text for BM25 (None: unknown, assume yes)
     text: TextVectors | None = None  # dense text channel (None: the store has no text vectors)
 
     @property
@@ -256,7 +257,17 @@ class _Snapshot:
             end_s=None if math.isnan(s1) else float(s1),
             text=(text or "")[:snippet],
             stage_scores=stage_scores,
+            channels=self.channels_of(row),
         )
+
+    def channels_of(self, row: int) -> tuple[str, ...]:
+        """The channels that can rank this item at all (fusion does not count a channel blind to it against it)."""
+        out = ["visual"] if self.tok_len[row] > 0 else []
+        if self.has_text is None or self.has_text[row]:
+            out.append("bm25")
+        if self.text is not None and self.text.count[row] > 0:
+            out.append("dense")
+        return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------ index
@@ -383,6 +394,8 @@ class SearchIndex:
         lens = np.array([len(m) for m in mvs], np.int64)
         snap = index._build(meta, pooled, dim, None, lens, {}, lambda rows: ((r, mvs[r]) for r in rows), None)
         snap.exact = mvs
+        if texts is not None:
+            snap.has_text = np.asarray([bool(t) for t in texts], dtype=bool)
         snap.texts = list(texts) if texts is not None else [None] * n
         if text_vectors is not None:
             if len(text_vectors) != n:
@@ -436,7 +449,7 @@ class SearchIndex:
         meta = (
             table.search()
             .where(visible)
-            .select([*_META, "pooled", "n_tokens"])
+            .select([*_META, "pooled", "n_tokens", "text_source"])
             .with_row_id(True)
             .limit(None)
             .to_arrow()
@@ -487,6 +500,7 @@ class SearchIndex:
 
         snap = self._build(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old)
         snap.version, snap.table, snap.has_fts = version, table, has_fts
+        snap.has_text = np.asarray([t is not None for t in meta.column("text_source").to_pylist()], dtype=bool)
         tdim = S.text_dim_of(table.schema)
         if tdim:
             snap.text = self._load_text(table, visible, ids, tdim, old)
