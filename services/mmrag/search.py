@@ -144,8 +144,10 @@ class LocalSearcher:
             qmv = qmvs[0]
             if qmv is None and self.reranker.needs_query_vectors:
                 qmv = self.encoder.embed_queries([query])[0]
-            scores = self.reranker.score(query, qmv, out)
-            out = blend_rerank(out, scores, rw, k, name=getattr(self.reranker, "name", "rerank"))
+            pool = out[: self.cfg.reranker.candidates]
+            scores = [float(x) if np.isfinite(x) else -1e30 for x in self.reranker.score(query, qmv, pool)]
+            name = getattr(self.reranker, "name", "rerank")
+            out = blend_rerank(pool, scores, rw, len(pool), name=name) + out[len(pool) :]
         return out[:k]
 
     def channel_rankings(

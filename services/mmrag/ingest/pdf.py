@@ -152,6 +152,8 @@ def page_contexts(doc: Any, src: str, n_pages: int) -> list[str]:
     title = doc_title(doc, src)
     try:
         toc = [(int(lvl), " ".join(str(t).split())[:_TITLE_CHARS], int(p)) for lvl, t, p, *_ in doc.get_toc()]
+        # entries without a page (-1, 0) point nowhere; out-of-order ones would hold back every later one
+        toc = sorted((e for e in toc if e[2] >= 1), key=lambda e: e[2])
     except Exception:  # a broken outline must not cost the pages
         toc = []
     out: list[str] = []

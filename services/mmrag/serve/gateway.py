@@ -259,16 +259,21 @@ class Gateway:
         if mode == "visual" and kind == "maxsim":
             rw = 0.0
         n = max(req.k, self.cfg.reranker.candidates) if rw > 0 else req.k
+        from mmrag.store.search import SearchError
+
         t0 = time.perf_counter()
-        out = await self.retriever.search.remote(
-            req.query,
-            k=n,
-            collection=collection,
-            mode=req.mode,
-            filters=req.filters.model_dump(exclude_none=True) if req.filters else None,
-            weights=pol.weights,
-            fusion=pol.method,
-        )
+        try:
+            out = await self.retriever.search.remote(
+                req.query,
+                k=n,
+                collection=collection,
+                mode=req.mode,
+                filters=req.filters.model_dump(exclude_none=True) if req.filters else None,
+                weights=pol.weights,
+                fusion=pol.method,
+            )
+        except SearchError as e:  # a search this store cannot run as asked (e.g. dense mode without text vectors)
+            raise ApiError(400, "invalid_request", str(e), "mode") from e
         timings = {"retrieve": (time.perf_counter() - t0) * 1e3, **out["timings"]}
         hits = out["hits"]
         if rw > 0 and hits:
@@ -283,7 +288,7 @@ class Gateway:
                 if qmv is None and self._rerank_info["needs_query_vectors"]:
                     qmv = await self.retriever.encode.remote(req.query)
                 scores = await self.reranker.scores.remote(req.query, qmv, pool)
-            hits = blend_rerank(pool, scores, rw, req.k, name=kind)
+            hits = blend_rerank(pool, scores, rw, len(pool), name=kind) + hits[len(pool) :]
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
         return hits[: req.k], out["mode"], collection, timings
 
@@ -656,7 +661,11 @@ class Gateway:
     async def collections(self) -> dict[str, Any]:
         """Collections with searchable items, what they hold, and how each searches (its calibration)."""
         colls = self.store.stats()["collections"]
-        cal = await asyncio.to_thread(self.store.calibrations)
+        try:
+            cal = await asyncio.to_thread(self.store.calibrations)
+        except Exception:  # an unreadable calibration must not hide the collections
+            log.exception("reading the collections' calibrations failed")
+            cal = {}
         for name, info in colls.items():
             info["calibration"] = cal.get(name)
         return {"collections": colls}

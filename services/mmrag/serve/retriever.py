@@ -40,6 +40,15 @@ class _SearchArgs:
         return self.mode == channel or (self.mode == "hybrid" and (self.weights or {}).get(channel, 0) > 0)
 
 
+def _effective(a: _SearchArgs, can: set[str]) -> _SearchArgs:
+    """A hybrid search's weights over the channels this replica can serve (visual alone if none), so that the query
+    vectors encoded are the ones the search uses (as :class:`mmrag.search.LocalSearcher` does)."""
+    import dataclasses
+
+    w = {c: v for c, v in (a.weights or {}).items() if v > 0 and c in can} or {"visual": 1.0}
+    return dataclasses.replace(a, weights=w)
+
+
 @serve.deployment(name=constants.RETRIEVER_DEPLOYMENT)
 class Retriever:
     def __init__(
@@ -117,6 +126,10 @@ class Retriever:
 
         rcfg = self.cfg.retriever
         t0 = time.perf_counter()
+        can = set(self.index.channels())
+        if self.text_encoder is None:
+            can.discard("dense")
+        batch = [a if a.mode != "hybrid" else _effective(a, can) for a in batch]
         needs = [i for i, a in enumerate(batch) if a.needs("visual")]
         qmvs: dict[int, np.ndarray] = {}
         if needs:

@@ -36,10 +36,13 @@ def fused_scores(
     a clip at the top of the dense ranking would lose to every page that two channels return, and fusion would be
     worse than the dense channel alone on questions about videos."""
     out: dict[str, float] = {}
+    seen: dict[str, set[str]] = {}
     for name, ranked in rankings.items():
         w = float(weights.get(name, 0.0))
         if w <= 0 or not ranked:
             continue
+        for i, _ in ranked:
+            seen.setdefault(i, set()).add(name)
         if method == "rrf":
             for rank, (i, _) in enumerate(ranked, start=1):
                 out[i] = out.get(i, 0.0) + w / (rrf_k + rank)
@@ -56,6 +59,7 @@ def fused_scores(
         for i in out:
             chans = eligible.get(i)
             if chans:
+                chans = set(chans) | seen.get(i, set())  # a channel that ranked it can see it
                 share = sum(w for c, w in weights.items() if w > 0 and c in chans)
                 if 0 < share < total:
                     out[i] *= total / share

@@ -39,6 +39,7 @@ and the search was 10x slower.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -301,6 +302,7 @@ class _Plan:
     weights: dict[str, float] = field(default_factory=dict)
     dense_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     dense_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    visual_depth: int = 0  # hybrid: how many visual hits go into the fusion
     empty: bool = False
 
 
@@ -846,12 +848,7 @@ class SearchIndex:
 
     def channels(self) -> list[str]:
         """The channels this snapshot can serve: ``visual`` (always), ``bm25``, ``dense``."""
-        out = ["visual"]
-        if self.has_bm25:
-            out.append("bm25")
-        if self.has_dense:
-            out.append("dense")
-        return out
+        return _channels(self._snap)
 
     def search_dense(self, query_vec: np.ndarray, k: int, *, filters: SearchFilters) -> list[Hit]:
         """Top ``k`` items by the dense text channel (best text window's cosine to the query vector)."""
@@ -972,18 +969,42 @@ class SearchIndex:
         wanted = [r for p in plans if isinstance(p, _Plan) and p.cand is not None for r in p.cand.tolist()]
         fetched = self._fetch_rows(snap, wanted) if wanted and snap is not None else {}
         # the dense hits' text (snippets, prompts) for rows the visual take did not bring
-        text_rows = [r for p in plans if isinstance(p, _Plan) for r in p.dense_rows.tolist() if r not in fetched]
-        texts = self._fetch_texts(snap, text_rows) if text_rows and snap is not None else {}
         out: list[list[Hit] | SearchError] = []
         for sq, plan in zip(queries, plans, strict=True):
             if isinstance(plan, SearchError):
                 out.append(plan)
                 continue
             try:
-                out.append(self._finish(snap, sq, plan, fetched, texts))
+                out.append(self._finish(snap, sq, plan, fetched))
             except SearchError as e:
                 out.append(e)
-        return out
+        return self._with_texts(snap, out)
+
+    def _with_texts(self, snap: _Snapshot | None, out: list[list[Hit] | SearchError]) -> list[list[Hit] | SearchError]:
+        """Fill in the text of the returned hits that came only from the dense channel (one take for the batch):
+        only the hits that survive fusion are fetched, not every candidate of every channel."""
+        if snap is None:
+            return out
+        want = {
+            snap.id_row[h.id]
+            for hits in out
+            if isinstance(hits, list)
+            for h in hits
+            if not h.text and h.id in snap.id_row and (snap.has_text is None or snap.has_text[snap.id_row[h.id]])
+        }
+        if not want:
+            return out
+        texts = self._fetch_texts(snap, sorted(want))
+        n = self.config.snippet_chars
+        return [
+            [
+                dataclasses.replace(h, text=(texts.get(snap.id_row.get(h.id, -1)) or "")[:n]) if not h.text else h
+                for h in hits
+            ]
+            if isinstance(hits, list)
+            else hits
+            for hits in out
+        ]
 
     def _one(self, sq: SearchQuery) -> list[Hit]:
         got = self.search_many([sq])[0]
@@ -1004,7 +1025,7 @@ class SearchIndex:
             raise SearchError("at least one channel weight must be positive")
         if snap is None:
             return positive
-        can = set(self.channels()) if snap is self._snap else {"visual"}
+        can = set(_channels(snap))  # of the snapshot this batch runs on, even if a refresh swapped it meanwhile
         usable = {c: w for c, w in positive.items() if c in can}
         if not usable:  # e.g. a store without a full-text index or text vectors: the visual ranking alone
             log.warning("hybrid search: none of %s is available in this store; visual ranking only", sorted(positive))
@@ -1049,8 +1070,11 @@ class SearchIndex:
             plan.empty = True
             return plan
         if q is not None:
-            exact_k = max(sq.exact_k or self.config.exact_k, depth)
-            plan.cand, plan.stage = self._candidates(snap, q, depth, sq.filters, sq.first_stage_k, exact_k)
+            # the visual list of a fusion needs no exact MaxSim beyond exact_k (the int8 stage already ranks almost
+            # exactly); fetching 50 multivectors instead of 20 from LanceDB was most of hybrid's extra time
+            exact_k = max(sq.exact_k or self.config.exact_k, sq.k)
+            plan.visual_depth = exact_k
+            plan.cand, plan.stage = self._candidates(snap, q, exact_k, sq.filters, sq.first_stage_k, exact_k)
         if "dense" in w:
             plan.dense_rows, plan.dense_scores = self._dense_rows(snap, sq.query_vec, depth, sq.filters)
         return plan
@@ -1083,7 +1107,8 @@ class SearchIndex:
         visual: list[Hit] = []
         if plan.cand is not None:
             assert plan.q is not None
-            rows, scores, stages, vtexts = self._exact(snap, plan.q, plan.depth, plan.cand, plan.stage, fetched)
+            vdepth = plan.visual_depth or plan.depth
+            rows, scores, stages, vtexts = self._exact(snap, plan.q, vdepth, plan.cand, plan.stage, fetched)
             visual = [
                 snap.hit(r, s, st, t, self.config.snippet_chars)
                 for r, s, st, t in zip(rows, scores, stages, vtexts, strict=True)
@@ -1125,6 +1150,15 @@ class SearchIndex:
         if not np.isfinite(q).all():
             raise SearchError("the query embedding contains NaN or infinite values")
         return q
+
+
+def _channels(snap: _Snapshot | None) -> list[str]:
+    out = ["visual"]
+    if snap is not None and snap.table is not None and snap.has_fts:
+        out.append("bm25")
+    if snap is not None and snap.text is not None and bool(snap.text.count.any()):
+        out.append("dense")
+    return out
 
 
 def _check_k(k: int) -> None:

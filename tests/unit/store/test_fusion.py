@@ -50,3 +50,19 @@ def test_blend_rerank_weights() -> None:
     assert blend_rerank(hits, scores, 1.0, 2)[0]["score"] == pytest.approx(0.9)
     half = blend_rerank(hits, scores, 0.25, 4)
     assert half[0]["id"] == "a" and all(h["stage_scores"]["rerank"] is not None for h in half)
+
+
+def test_an_item_a_channel_cannot_see_is_not_held_against_it() -> None:
+    # a silent clip: BM25 cannot see it, the dense channel ranks it first
+    lists = {"bm25": [("p1", 9.0), ("p2", 5.0)], "dense": [("clip", 0.9), ("p1", 0.5), ("p2", 0.4)]}
+    w = {"bm25": 0.6, "dense": 0.4}
+    blind = fused_scores(lists, w, method="score")
+    assert order(blind)[0] == "p1"  # without eligibility the clip can score at most 0.4
+    fair = fused_scores(
+        lists,
+        w,
+        method="score",
+        eligible={"clip": ["visual", "dense"], "p1": ["bm25", "dense"], "p2": ["bm25", "dense"]},
+    )
+    assert fair["clip"] == pytest.approx(1.0) and order(fair)[0] == "clip"
+    assert fair["p1"] == pytest.approx(blind["p1"])  # items every weighted channel can see are unchanged

@@ -47,6 +47,7 @@ def _item(
         "start_s": start_s,
         "end_s": end_s,
         "text": text,
+        "text_source": "pdf" if text else None,  # as ingestion writes it: BM25 can see the item
         "multivector": mv.tolist(),
         "pooled": pooled.tolist(),
         "n_tokens": len(mv),
