@@ -130,7 +130,7 @@ class SearchIndexConfig(BaseModel):
     )
     fusion: FusionMethod = Field(default="rrf", description="Fusion method when a query names none.")
     dense_first_stage_k: int = Field(
-        default=500,
+        default=300,
         ge=1,
         description="Dense text channel on large collections: items kept by the mean-vector stage before their "
         "windows are scored.",
