@@ -39,6 +39,10 @@ def test_demo_ingests_serves_answers_and_shuts_down(mmrag_home: str, tmp_path: P
     assert "Token authentication is enabled" not in out.stderr and "INFO" not in out.stderr
     cites = res["citations"]
     assert cites and all(c["source"].endswith(("gnuplot.pdf", "cup.mp4")) for c in cites)
-    rows = LanceStore(str(db)).get_items([c["id"] for c in cites], ["page"])
+    rows = LanceStore(str(db)).get_items([c["id"] for c in cites], ["page", "text"])
     assert set(rows) == {c["id"] for c in cites}, "citations point at ingested items"
+    # the question is how to plot data from a file: the calibrated search (BM25 + the real MiniLM, the random visual
+    # model switched off) cites the manual's pages about data files
+    texts = [(rows[c["id"]]["text"] or "").lower() for c in cites]
+    assert any("datafile" in t or "data file" in t for t in texts), [c.get("page") for c in cites]
     assert "shut down" in out.stderr

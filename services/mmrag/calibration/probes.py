@@ -8,7 +8,7 @@ Method (``keywords-v2``), deterministic for a seed:
    not a stop word) that **also occur in the item outside the window** and are **not rare in the collection**
    (in at least 3% of the sampled items) are the body vocabulary: the query then describes the item, and no rare
    string of it gives the item away.
-3. The query is 1-2 words of the item's context (its document's title and section headings, as a user names the
+3. The query is 2 words of the item's context (its document's title and section headings, as a user names the
    manual and the topic they ask about) and 2-3 body words, shuffled. The item is the one relevant answer.
 
 Why not a sentence of the item as the query: a channel that matches strings (BM25 on an exact sentence, or a dense
