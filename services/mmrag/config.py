@@ -272,8 +272,10 @@ class IngestConfig(_Strict):
         description="Embedding stage (the encoder actors).",
     )
     text_embed: StageResources = Field(
-        default_factory=lambda: StageResources(num_cpus=0.5, concurrency=1, batch_size=16),
-        description="Dense text embedding stage (models.text over each item's text windows).",
+        default_factory=lambda: StageResources(num_cpus=0.5, concurrency=1, batch_size=4),
+        description="Dense text embedding stage (models.text over each item's text windows; a page is several "
+        "windows, so a few items fill a forward pass). Rows reach the store only after this stage: a large batch "
+        "holds a small document's rows back until the batch fills.",
     )
 
     @model_validator(mode="after")

@@ -128,6 +128,7 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
         **os.environ,
         "MMRAG_STORE__URI": cfg.store.uri,
         "MMRAG_INGEST__OCR": "never",
+        "MMRAG_CALIBRATION__ENABLED": "false",  # calibration is tested in test_serve_app
         "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
     }
     cmd = [sys.executable, "-m", "mmrag.cli.main", "ingest", str(corpus["pdf"]), str(corpus["video"]), "--json"]
