@@ -226,6 +226,8 @@ def start_bare_vllm(cfg: Any, port: int, log_path: Path) -> subprocess.Popen:
             cmd += [f"--{key.replace('_', '-')}", json.dumps(ek[key])]
     if ek.get("enforce_eager"):
         cmd.append("--enforce-eager")
+    if ek.get("enable_prefix_caching") is False:
+        cmd.append("--no-enable-prefix-caching")
     env = {**os.environ, **((llm.runtime_env or {}).get("env_vars") or {})}
     log(f"bare vLLM: {shlex.join(cmd)}")
     return subprocess.Popen(cmd, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -328,10 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/answer.json")
     ap.add_argument("--block", type=int, default=10, help="questions per block; the sides alternate by block")
     ap.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="the generator's context length for both sides (default: the profile's); a shorter one means shorter "
+        "prompts (fewer source tokens), so prefill, and its noise, shrink while the gateway's own work stays",
+    )
+    ap.add_argument(
         "--no-bare-alone",
         dest="bare_alone",
         action="store_false",
         help="skip the control (bare vLLM again, alone, after Ray has stopped)",
+    )
+    ap.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="turn vLLM's prefix caching off on both sides: every prompt is prefilled in full. With it on, how much "
+        "of a repeated prompt each engine still holds in its cache differs between the two, and that difference "
+        "(up to hundreds of ms) swamps the gateway's own cost",
     )
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -353,7 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in ("coin.pdf", "cup.mp4"):
             shutil.copy(DATA / name, work / name)
-        cfg = load_config("local-cpu", {"store": {"uri": str(work / "db")}, "server": {"port": _free_port()}})
+        overrides: dict[str, Any] = {"store": {"uri": str(work / "db")}, "server": {"port": _free_port()}}
+        gen: dict[str, Any] = {}
+        if args.max_model_len:
+            gen["max_model_len"] = args.max_model_len
+        if not args.prefix_caching:
+            gen["engine_kwargs"] = {"enable_prefix_caching": False}
+        if gen:
+            overrides["models"] = {"generator": gen}
+        cfg = load_config("local-cpu", overrides)
         log("ingesting ...")
         s = ingest([str(work / "coin.pdf"), str(work / "cup.mp4")], cfg, collection="bench")
         log(f"  {s.pages} pages, {s.clips} clips")
@@ -538,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
             if is_vision_model(cfg)
             else "text only, "
         )
-        + f"max_model_len {cfg.models.generator.max_model_len}), "
+        + f"max_model_len {cfg.models.generator.max_model_len}, prefix caching "
+        + ("on" if args.prefix_caching else "off on both sides")
+        + "), "
         f"{cfg.generator.contexts} sources per answer, max_tokens {args.max_tokens}, stream_batching_ms "
         f"{cfg.generator.stream_batching_ms}, ingress {cfg.server.ingress}; app ready in {app_ready:.0f} s, bare vLLM "
         f"in {bare_ready:.0f} s; quiet after {settled['start']:.0f} s; {n_warm} warm-up questions each side "

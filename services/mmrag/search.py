@@ -39,7 +39,7 @@ class LocalSearcher:
         if index is None:
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex.from_store(self.store, {"first_stage_k": cfg.retriever.first_stage_k})
+            index = SearchIndex.from_store(self.store, cfg.retriever.index_config())
         self.index = index
         self._encoder = encoder
         self._text_encoder = text_encoder

@@ -253,6 +253,11 @@ def stats(db: DbOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False
         items = ", ".join(f"{n} {m}s" for m, n in sorted(c["items"].items())) or "no items"
         typer.echo(f"  {name}: {items}; {c['documents']} documents; {c['errors']} errors")
         typer.echo(f"    search: {describe_calibration(c.get('calibration'))}")
+    for ix in info.get("indexes", []):
+        typer.echo(
+            f"  index {ix['name']} ({ix['type']} on {', '.join(ix['columns'])}): {ix['indexed_rows']} rows indexed, "
+            f"{ix['unindexed_rows']} since"
+        )
 
 
 def describe_calibration(rec: dict[str, Any] | None) -> str:

@@ -63,9 +63,7 @@ class Retriever:
             from mmrag.store import LanceStore
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex.from_store(
-                LanceStore.from_config(self.cfg.store), {"first_stage_k": self.cfg.retriever.first_stage_k}
-            )
+            index = SearchIndex.from_store(LanceStore.from_config(self.cfg.store), self.cfg.retriever.index_config())
         if text_encoder is None and self.cfg.models.text is not None:
             from mmrag.models.text_encoder import TextEncoder
 

@@ -5,7 +5,9 @@ Per visible item the snapshot holds its windows' vectors quantised to int8 (one 
 L2-normalised). Collections with up to ``exact_rows`` candidate items are scored over every window; larger ones
 first keep the ``first_stage_k`` items whose mean vector is closest, then score those items' windows.
 
-The first stage runs on the mean vectors projected onto their top ``FIRST_STAGE_DIMS`` principal directions
+The first stage is LanceDB's vector index on ``text_vector`` (the mean vectors) when the table has one
+(:func:`ann_candidates`; ingestion builds it once a collection is large), else it runs in RAM on the mean vectors
+projected onto their top ``FIRST_STAGE_DIMS`` principal directions
 (uncentred, so dot products are what the projection keeps best): a 100k x 384 float32 mat-vec is memory-bound
 (~150 MB read per query), a 100k x 128 one reads a third of it.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mmrag.store.cascade import quantise, ranges, top
+from mmrag.store.schema import TEXT_VECTOR
 
 #: Dimensions of the projected mean vectors the first stage scores.
 FIRST_STAGE_DIMS = 128
@@ -95,15 +99,27 @@ class TextVectors:
         return cls(dim=dim, mean=mean, start=start, count=count, chunks=chunks, scale=scale)
 
     def search(
-        self, q: np.ndarray, allowed: np.ndarray, k: int, *, first_stage_k: int, exact_rows: int
+        self,
+        q: np.ndarray,
+        allowed: np.ndarray,
+        k: int,
+        *,
+        first_stage_k: int,
+        exact_rows: int,
+        candidates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores (best window's cosine) of the top ``k`` of ``allowed`` rows, best first."""
+        """Rows and scores (best window's cosine) of the top ``k`` of ``allowed`` rows, best first. ``candidates``:
+        the first stage's rows, found elsewhere (a vector index); they must pass the same filters as ``allowed``."""
         allowed = allowed[self.count[allowed] > 0]
         if not len(allowed):
             return allowed, np.zeros(0, np.float32)
         q = np.asarray(q, np.float32)
         cand = allowed
-        if len(allowed) > exact_rows:
+        if candidates is not None:
+            cand = np.unique(candidates[self.count[candidates] > 0])
+            if not len(cand):
+                return cand, np.zeros(0, np.float32)
+        elif len(allowed) > exact_rows:
             proj, mean_r = self._projected()
             s1 = mean_r @ (q @ proj)  # one mat-vec over every row beats gathering the allowed ones first
             cand, _ = top(allowed, s1[allowed], first_stage_k)
@@ -118,9 +134,26 @@ class TextVectors:
         return rows[o], scores[o]
 
 
+def ann_candidates(
+    table: Any, q: np.ndarray, where: str, k: int, *, nprobes: int, refine_factor: int | None = None
+) -> list[str]:
+    """Ids of the ``k`` items whose ``text_vector`` is closest (cosine) to ``q`` among the rows passing ``where``,
+    from LanceDB's vector index on that column (rows written since the index was built are searched flat)."""
+    b = (
+        table.search(np.asarray(q, np.float32), vector_column_name=TEXT_VECTOR)
+        .distance_type("cosine")
+        .where(where, prefilter=True)
+        .select(["id", "_distance"])
+        .nprobes(nprobes)
+    )
+    if refine_factor:
+        b = b.refine_factor(refine_factor)
+    return b.limit(k).to_arrow().column("id").to_pylist()
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
 
 
-__all__ = ["TextVectors"]
+__all__ = ["TextVectors", "ann_candidates"]

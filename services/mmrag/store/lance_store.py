@@ -16,6 +16,8 @@ literal: no user text is ever spliced into SQL.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mmrag.store import schema as S
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> dt.datetime:
@@ -160,6 +164,7 @@ class LanceStore:
         for r in counts.to_pylist():
             c = out["collections"].setdefault(r["collection"], {"items": {}, "documents": 0, "errors": 0})
             c["items"][r["modality"]] = r["modality_count"]
+        out["indexes"] = self.indexes()
         for name, key in ((S.DOCUMENTS, "documents"), (S.ERRORS, "errors")):
             tbl = self.table(name).to_arrow().select(["collection"])
             for r in tbl.group_by("collection").aggregate([("collection", "count")]).to_pylist():
@@ -396,6 +401,59 @@ class LanceStore:
         """(Re)build the full-text index over ``text`` (takes ~0.1 s per few thousand rows)."""
         if self.has_items() and self.count_items(visible_only=False):
             self.table(S.ITEMS).create_fts_index("text", replace=True)
+
+    def indexes(self) -> list[dict[str, Any]]:
+        """The items table's indexes: name, columns, type, rows in the index and rows written since."""
+        if not self.has_items():
+            return []
+        tbl = self.table(S.ITEMS)
+        out = []
+        for i in tbl.list_indices():
+            st = tbl.index_stats(i.name)
+            out.append(
+                {
+                    "name": i.name,
+                    "columns": list(i.columns),
+                    "type": str(i.index_type),
+                    "indexed_rows": getattr(st, "num_indexed_rows", None),
+                    "unindexed_rows": getattr(st, "num_unindexed_rows", None),
+                }
+            )
+        return out
+
+    def refresh_vector_index(self, min_rows: int, *, stale_share: float = 0.2) -> str | None:
+        """Build the dense channel's vector index on ``text_vector`` once ``min_rows`` rows have one (0: never), and
+        rebuild it when more than ``stale_share`` of them came after it (LanceDB searches those flat meanwhile).
+        Returns what was done: "built", "rebuilt" or None."""
+        if not min_rows or not self.has_items() or self.text_dim() is None:
+            return None
+        tbl = self.table(S.ITEMS)
+        n = tbl.count_rows(f"{S.TEXT_VECTOR} IS NOT NULL")
+        if n < min_rows:
+            return None
+        index = next((i for i in tbl.list_indices() if getattr(i, "columns", None) == [S.TEXT_VECTOR]), None)
+        if index is not None:
+            stats = tbl.index_stats(index.name)
+            unindexed = getattr(stats, "num_unindexed_rows", 0) or 0
+            if unindexed <= stale_share * n:
+                return None
+        dim = self.text_dim() or 0
+        tbl.create_index(
+            metric="cosine",
+            vector_column_name=S.TEXT_VECTOR,
+            index_type="IVF_PQ",
+            num_partitions=max(1, int(math.sqrt(n))),
+            num_sub_vectors=_sub_vectors(dim),
+            replace=True,
+        )
+        log.info("vector index on %s %s over %d rows", S.TEXT_VECTOR, "rebuilt" if index else "built", n)
+        return "rebuilt" if index is not None else "built"
+
+
+def _sub_vectors(dim: int) -> int:
+    """PQ sub-vectors: 8 dimensions each where that divides ``dim`` (384 -> 48), else the largest divisor <= dim/8."""
+    want = max(1, dim // 8)
+    return next(m for m in range(want, 0, -1) if dim % m == 0)
 
 
 def _and(conds: list[Any]) -> Any:

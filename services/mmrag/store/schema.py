@@ -59,6 +59,8 @@ ITEMS = "items"
 DOCUMENTS = "documents"
 ERRORS = "ingest_errors"
 CALIBRATION = "calibration"
+#: The column the dense channel's vector index (LanceDB IVF) is built on, once a collection is large.
+TEXT_VECTOR = "text_vector"
 
 Modality = str  # "page" | "image" | "clip"
 MODALITIES = ("page", "image", "clip")
@@ -70,7 +72,7 @@ def text_fields(text_dim: int) -> list[pa.Field]:
     return [
         pa.field("context", pa.string()),
         pa.field("text_vectors", pa.list_(tvec)),
-        pa.field("text_vector", tvec),
+        pa.field(TEXT_VECTOR, tvec),
         pa.field("text_model_id", pa.string()),
     ]
 
@@ -113,9 +115,9 @@ def items_schema(dim: int, text_dim: int | None = None) -> pa.Schema:
 
 def text_dim_of(schema: pa.Schema) -> int | None:
     """Dimension of the stored text vectors, or None when the table has no dense text channel."""
-    if "text_vector" not in schema.names:
+    if TEXT_VECTOR not in schema.names:
         return None
-    return schema.field("text_vector").type.list_size
+    return schema.field(TEXT_VECTOR).type.list_size
 
 
 CALIBRATION_SCHEMA = pa.schema(

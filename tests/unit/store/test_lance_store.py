@@ -118,6 +118,8 @@ def test_full_text_index_finds_words(store: LanceStore) -> None:
     store.refresh_text_index()
     hits = store.table(S.ITEMS).search("survival", query_type="fts").limit(5).to_list()
     assert len(hits) == 3
+    (ix,) = store.stats()["indexes"]  # what `mmrag stats` shows
+    assert ix["columns"] == ["text"] and ix["indexed_rows"] == 3 and ix["unindexed_rows"] == 0
 
 
 def test_get_items_fetches_visible_rows_in_one_call(store: LanceStore) -> None:
