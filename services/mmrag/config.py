@@ -156,11 +156,28 @@ class GeneratorModelConfig(ModelSource):
     image_max_pixels: int = Field(default=64 * 28 * 28, ge=4 * 28 * 28, description="Pixels per prompt image.")
     max_tokens: int = Field(default=64, ge=1, description="Default answer length in tokens.")
     enforce_eager: bool = Field(default=True, description="Skip CUDA graphs / torch.compile (fast start).")
+    cpu_engine_cores: int | Literal["auto"] | None = Field(
+        default=None,
+        description="CPU serving on one node (`mmrag serve`, the demo): bind vLLM's engine threads to this many "
+        "cores and keep every process of the local Ray (Serve, the replicas, Ray's own daemons) on the others, so "
+        "none of them stalls the engine mid-prefill. auto: three quarters of the cores, at least one for each side "
+        "(2 cores: 1 + 1). On 2 cores, Ray's processes on the engine's core made prefill ~10% slower (TTFT +54 ms "
+        "median at ~1.1 s, 16 ms when split; benchmarks/results/answer_smollm2.md). null: vLLM's own binding "
+        "(VLLM_CPU_OMP_THREADS_BIND=auto) and Ray anywhere. Unused on GPUs, when joining a cluster (RAY_ADDRESS) "
+        "and with VLLM_CPU_OMP_THREADS_BIND set.",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs per engine (tensor parallel).")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM GPU memory share.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments, passed through unchanged."
     )
+
+    @field_validator("cpu_engine_cores")
+    @classmethod
+    def _cores(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError("cpu_engine_cores must be at least 1, auto, or null")
+        return v
 
 
 class TextModelConfig(ModelSource):

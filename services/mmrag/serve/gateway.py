@@ -93,8 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """413 for a request whose Content-Length is over ``max_bytes`` (or not a number); a plain ASGI middleware.
+    """413 for a request body over ``max_bytes``; a plain ASGI middleware.
 
+    A Content-Length over the limit (or not a number) is refused before anything is read. A body without one
+    (``Transfer-Encoding: chunked``) is counted as it arrives: at the limit the client gets the 413, the app is told
+    the client left, and whatever the app then sends is dropped, so no more than ``max_bytes`` is ever buffered.
     (Starlette's ``@app.middleware("http")`` would do, but it runs every response, streams included, through an
     extra task and memory channel: time added to each request and to every streamed token.)"""
 
@@ -102,16 +105,40 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _too_large(self) -> JSONResponse:
+        body = error_json("request_too_large", f"request bodies are limited to {self.max_bytes} bytes")
+        return JSONResponse(body, status_code=413)
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers") or ():
-                if name == b"content-length":
-                    if not value.isdigit() or int(value) > self.max_bytes:
-                        body = error_json("request_too_large", f"request bodies are limited to {self.max_bytes} bytes")
-                        await JSONResponse(body, status_code=413)(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._too_large()(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)  # the server delivers no more than it announced
+                return
+        state = {"received": 0, "rejected": False}
+
+        async def counted() -> dict[str, Any]:
+            if state["rejected"]:
+                return {"type": "http.disconnect"}
+            msg = await receive()
+            if msg["type"] == "http.request":
+                state["received"] += len(msg.get("body") or b"")
+                if state["received"] > self.max_bytes:
+                    state["rejected"] = True
+                    await self._too_large()(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def guarded(msg: dict[str, Any]) -> None:
+            if not state["rejected"]:
+                await send(msg)
+
+        await self.app(scope, counted, guarded)
 
 
 api = FastAPI(

@@ -117,6 +117,15 @@ def _detect_vision(source: str, real: bool) -> bool:
     )
 
 
+def cpu_bind(cfg: MmragConfig) -> str:
+    """The CPU engine's ``VLLM_CPU_OMP_THREADS_BIND``: its own cores when ``models.generator.cpu_engine_cores``
+    splits a local node (:mod:`mmrag.serve.cpu_split`), else vLLM's ``auto``."""
+    from mmrag.serve.cpu_split import engine_bind, split
+
+    sp = None if os.environ.get("RAY_ADDRESS") else split(cfg.models.generator.cpu_engine_cores)
+    return engine_bind(sp[0]) if sp else "auto"
+
+
 # ============================================================================================ deployment
 def build_llm_config(cfg: MmragConfig) -> LLMConfig:
     """The ``ray.serve.llm.LLMConfig`` of the generator deployment for ``cfg`` (see :func:`build_generator`)."""
@@ -183,7 +192,7 @@ def build_llm_config(cfg: MmragConfig) -> LLMConfig:
                     # 2 cores, OpenMP threads on both made bare vLLM slower too (9.4 -> 5.7 ms between tokens
                     # with one thread) and Ray Serve's generator slower still (13 -> 6 ms), as every other
                     # process on the node stalled the threads' barriers.
-                    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+                    "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or cpu_bind(cfg),
                 }
             )
             if "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ:

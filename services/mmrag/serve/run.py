@@ -25,7 +25,27 @@ def run_app(cfg: MmragConfig) -> str:
         route_prefix=cfg.server.route_prefix,
         blocking=False,
     )
+    isolate_engine(cfg)
     return base_url(cfg)
+
+
+def isolate_engine(cfg: MmragConfig) -> list[int] | None:
+    """With ``models.generator.cpu_engine_cores`` on a local CPU node: move every process of the local Ray off the
+    vLLM engine's cores (:mod:`mmrag.serve.cpu_split`); the cores they keep, or None when nothing was split."""
+    import os
+
+    from mmrag.serve.cpu_split import pin_ray_processes, split
+
+    g = cfg.generator
+    if g.engine != "vllm" or g.num_gpus > 0 or os.environ.get("RAY_ADDRESS"):
+        return None
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):  # the operator placed the engine; leave placement to them
+        return None
+    sp = split(cfg.models.generator.cpu_engine_cores)
+    if sp is None:
+        return None
+    pin_ray_processes(sp[1])
+    return sp[1]
 
 
 def metrics_url() -> str | None:

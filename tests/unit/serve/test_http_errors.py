@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from mmrag.serve.gateway import MAX_BODY_BYTES, install_error_handlers
+from mmrag.serve.gateway import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from mmrag.serve.schemas import SearchRequest
 
 pytestmark = pytest.mark.unit
@@ -72,6 +72,47 @@ def test_oversized_body_is_413(client: TestClient) -> None:
     assert r.status_code == 413 and _err(r)["code"] == "request_too_large"
 
 
+def test_chunked_body_is_counted_as_it_streams(client: TestClient) -> None:
+    """No Content-Length (chunked): the bytes are counted as they arrive and the request ends at the limit."""
+
+    def chunks():
+        yield b'{"query": "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 8):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = client.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and _err(r)["code"] == "request_too_large"
+    # a small chunked body still goes through
+    r = client.post("/v1/search", content=iter([b'{"query": ', b'"ok"}']), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json() == {"ok": "ok"}
+
+
 def test_unknown_route_is_json_404(client: TestClient) -> None:
     r = client.get("/nope")
     assert r.status_code == 404 and _err(r)["code"] == "not_found"
+
+
+def test_body_limit_stops_reading_at_the_limit() -> None:
+    """At the ASGI level: the app reads until the limit, then sees a disconnect; the client gets one 413."""
+    import asyncio
+
+    pulled, sent = [], []
+
+    async def receive() -> dict:
+        pulled.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}  # an endless chunked body
+
+    async def send(msg: dict) -> None:
+        sent.append(msg)
+
+    async def app(scope: dict, recv, snd) -> None:
+        while (await recv())["type"] == "http.request":
+            pass
+        await snd({"type": "http.response.start", "status": 400, "headers": []})  # dropped: 413 already sent
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/search", "headers": []}
+    asyncio.run(BodyLimit(app, max_bytes=10_000)(scope, receive, send))
+    assert len(pulled) == 11  # 11 x 1000 bytes passes 10,000; nothing more is read
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
