@@ -1,6 +1,6 @@
 """Probe queries drawn from a collection's own items: the ground truth calibration measures channels on.
 
-Method (``keywords-v2``), deterministic for a seed:
+Method (``keywords-v3``: v2 drawn in content order), deterministic for a seed and the same for the same files:
 
 1. Sample items round-robin over the collection's documents (so one long manual does not fill the set), keeping
    those with at least ``MIN_WORDS`` words of text; in a small collection an item gives up to five probes.
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-METHOD = "keywords-v2"
+METHOD = "keywords-v3"
 MIN_WORDS = 40
 WINDOW = 40
 MIN_TERMS, MAX_TERMS = 3, 6
@@ -103,17 +103,32 @@ def probe_from_text(
     return " ".join(terms)
 
 
+def content_order(item: dict[str, Any]) -> tuple[Any, ...]:
+    """A sort key from what an item holds, not where its file was: the file's content hash, then the item's place in
+    it (ids and doc ids hash the file's path, so ordering by them gave the same files ingested from another folder
+    other probes, and another calibration)."""
+    return (
+        item.get("content_hash") or "",
+        item.get("modality") or "",
+        item.get("page") or 0,
+        item.get("start_s") or 0.0,
+        item.get("text") or "",
+        item["id"],
+    )
+
+
 def sample_probes(items: list[dict[str, Any]], n: int, seed: int, per_item: int = 5) -> list[Probe]:
-    """Up to ``n`` probes from ``items`` (dicts with ``id``, ``doc_id``, ``text``, ``context``), round-robin over
-    documents and,
-    within a document, over its items; a small collection gives an item up to ``per_item`` probes (other windows)."""
+    """Up to ``n`` probes from ``items`` (dicts with ``id``, ``doc_id``, ``text``, ``context``, and for a stable order
+    ``content_hash``, ``modality``, ``page``, ``start_s``), round-robin over documents and, within a document, over
+    its items; a small collection gives an item up to ``per_item`` probes (other windows). The same files give the
+    same probes wherever they were ingested from (:func:`content_order`)."""
     rng = random.Random(seed)
     by_doc: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for it in sorted(items, key=lambda r: r["id"]):
+    for it in sorted(items, key=content_order):
         if len((it.get("text") or "").split()) >= MIN_WORDS:
             by_doc[it["doc_id"]].append(it)
     queues = []
-    for doc in sorted(by_doc):
+    for doc in sorted(by_doc, key=lambda d: content_order(by_doc[d][0])):
         rows = by_doc[doc][:]
         rng.shuffle(rows)
         queues.append([(it, r) for r in range(per_item) for it in rows])  # every item once before any twice
@@ -135,4 +150,4 @@ def sample_probes(items: list[dict[str, Any]], n: int, seed: int, per_item: int 
     return out
 
 
-__all__ = ["METHOD", "Probe", "content_words", "probe_from_text", "sample_probes"]
+__all__ = ["METHOD", "Probe", "content_order", "content_words", "probe_from_text", "sample_probes"]

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from mmrag.calibration import fit as F
-from mmrag.calibration.probes import METHOD, sample_probes
+from mmrag.calibration.probes import METHOD, content_order, sample_probes
 from mmrag.config import MmragConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ def _collection_items(store: Any, collection: str, limit: int, seed: int) -> lis
 
     tbl = store.table("items")
     where = ((col("visible") == lit(True)) & (col("collection") == lit(collection))).to_sql()
-    meta = tbl.search().where(where).select(["id", "doc_id"]).limit(None).to_arrow().to_pylist()
+    order = ["content_hash", "modality", "page", "start_s"]
+    meta = tbl.search().where(where).select(["id", "doc_id", *order]).limit(None).to_arrow().to_pylist()
+    meta.sort(key=content_order)  # the table's row order follows the writers' timing
     if len(meta) > limit:
         meta = random.Random(seed).sample(meta, limit)
     ids = [m["id"] for m in meta]
@@ -63,7 +65,7 @@ def _collection_items(store: Any, collection: str, limit: int, seed: int) -> lis
     for s in range(0, len(ids), 500):
         chunk = ids[s : s + 500]
         w = ((col("collection") == lit(collection)) & col("id").isin(chunk)).to_sql()
-        cols = ["id", "doc_id", "text", *(["context"] if "context" in tbl.schema.names else [])]
+        cols = ["id", "doc_id", "text", *order, *(["context"] if "context" in tbl.schema.names else [])]
         out.extend(tbl.search().where(w).select(cols).limit(None).to_arrow().to_pylist())
     return out
 
