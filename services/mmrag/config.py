@@ -276,6 +276,12 @@ class IngestConfig(_Strict):
         description="Pixels of the page/image/frame JPEGs kept in the store for the generator to look at.",
     )
     max_file_bytes: int = Field(default=2 * 1024**3, ge=1, description="Files larger than this are rejected.")
+    follow_symlinks: bool = Field(
+        default=False,
+        description="Ingest symlinks whose real path leaves the directories given (a directory or glob's base, a "
+        "named file's directory). Off: such a link is refused with an error naming it, so a folder handed to mmrag "
+        "cannot pull in files from elsewhere on the machine.",
+    )
     max_pages: int = Field(default=5000, ge=1, description="Pages beyond this in one PDF are reported, not read.")
     clip_seconds: float = Field(default=10.0, gt=0, description="Video clip length.")
     clip_overlap_seconds: float = Field(default=0.0, ge=0, description="Overlap between consecutive clips.")
@@ -517,6 +523,32 @@ class GeneratorConfig(DeploymentConfig):
     )
 
 
+class AdmissionConfig(_Strict):
+    """Admission control per gateway replica (:mod:`mmrag.serve.admission`): under overload, refuse at once (503 +
+    Retry-After) what could not be served within the SLO, instead of letting every request time out."""
+
+    enabled: bool = Field(default=True, description="Off: every request is queued, however long the queue.")
+    search_slo_ms: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Latency SLO of /v1/search: the in-flight limit is the measured capacity times this.",
+    )
+    generate_slo_ms: float = Field(
+        default=30_000.0,
+        gt=0,
+        description="Latency SLO of /v1/answer and /v1/chat/completions (the whole response).",
+    )
+    initial_inflight: int = Field(
+        default=64, ge=1, description="In-flight limit per group until the first saturated second measured one."
+    )
+    min_inflight: int = Field(default=2, ge=1, description="The limit never goes below this.")
+    max_inflight: int | None = Field(
+        default=None,
+        ge=1,
+        description="A fixed in-flight limit per group instead of the measured one (None: measured).",
+    )
+
+
 class ServerConfig(_Strict):
     """The HTTP front door."""
 
@@ -525,6 +557,33 @@ class ServerConfig(_Strict):
     route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the app.")
     max_query_chars: int = Field(default=4096, ge=1, description="Longest accepted query.")
     max_k: int = Field(default=100, ge=1, description="Largest k a request may ask for.")
+    auth: Literal["none", "required"] = Field(
+        default="none",
+        description="required: every request but /healthz and the API docs carries `Authorization: Bearer KEY` "
+        "(keys from `mmrag keys create`, scoped to collections); a missing or bad key is 401, a collection outside "
+        "the key's is 404 as if it did not exist. none: anyone who reaches the port reads every collection "
+        "(`mmrag serve` warns when that port is not on loopback). The gpu profile and the k8s manifests require it.",
+    )
+    admin_key_env: str | None = Field(
+        default="MMRAG_ADMIN_KEY",
+        description="With auth required: an environment variable of the gateway's process whose value, when set, "
+        "is a key for every collection with the admin scope (the k8s manifests fill it from a Secret). Compared "
+        "by hash in constant time; None turns it off.",
+    )
+    key_refresh_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=5.0,
+        description="How often a gateway replica re-reads the key table in the background; a request never uses a "
+        "copy older than 5 s, so a revoked or expired key stops working on every replica within 5 s.",
+    )
+    audit_log: bool = Field(
+        default=True,
+        description="One JSON line per request on the `mmrag.audit` logger (the replica's log): time, key id, "
+        "method, path, collection, status, latency. Never the key; the query only with audit_queries.",
+    )
+    audit_queries: bool = Field(default=False, description="Also write each request's query text in the audit line.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig, description="Load shedding under overload.")
     prompt_cache_items: int = Field(
         default=512,
         ge=0,

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from mmrag import __version__
 from mmrag.bench.cli import bench_app  # load, selftest, ingest, retrieval (issue #7); light to import
+from mmrag.cli.keys import keys_app
 from mmrag.config import ConfigError, MmragConfig, load_config
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ config_app = typer.Typer(help="Show, validate and describe the config tree.", no
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 console = Console(stderr=True)
 
@@ -178,6 +180,10 @@ def ingest(
     collection: CollectionOpt = None,
     profile: ProfileOpt = None,
     as_json: JsonOpt = False,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option("--follow-symlinks", help="Also ingest symlinks that lead outside the paths given."),
+    ] = False,
 ) -> None:
     """Ingest PDFs, images and videos into LanceDB (Ray Data). Re-running adds only what changed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -185,6 +191,8 @@ def ingest(
     from mmrag.ingest.pipeline import ingest as run_ingest
 
     cfg = _with_db(profile, db)
+    if follow_symlinks:
+        cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"follow_symlinks": True})})
     columns = [
         TextColumn("[bold]ingest[/bold]"),
         BarColumn(),
@@ -443,8 +451,11 @@ def serve(
     if server:
         overrides["server"] = server
     cfg = _config(profile, overrides or None)
+    from mmrag.serve.run import exposure_warning, metrics_url
+
+    if (warning := exposure_warning(cfg)) is not None:
+        console.print(f"[bold red]{warning}[/bold red]", markup=True, highlight=False)
     url = run_app(cfg)
-    from mmrag.serve.run import metrics_url
 
     console.print(f"mmrag is serving on {url} (OpenAPI: {url}/docs); Ctrl-C stops it", highlight=False)
     console.print(f"Prometheus metrics: {metrics_url() or 'see the Ray cluster'}", highlight=False)

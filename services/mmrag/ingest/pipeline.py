@@ -85,21 +85,22 @@ ProgressFn = Callable[[dict[str, int]], None]
 
 def plan(
     inputs: list[str], cfg: MmragConfig, store: LanceStore, collection: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Decide what to read: (tasks, errors, skipped)."""
-    files, problems = sources.expand(inputs)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, dict[str, str]]:
+    """Decide what to read: (tasks, errors, skipped). Errors name files by the path the user gave."""
+    files, problems = sources.expand(inputs, follow_symlinks=cfg.ingest.follow_symlinks)
     errors = [{"path": p.uri, "reason": p.reason} for p in problems]
     tasks: list[dict[str, Any]] = []
+    shown: dict[str, str] = {}
     current = store.current_hashes(collection, [f.uri for f in files])
     skipped = 0
     for f in files:
         if f.size == 0:
-            errors.append({"path": f.uri, "reason": "empty file (0 bytes)"})
+            errors.append({"path": f.shown, "reason": "empty file (0 bytes)"})
             continue
         if f.size > cfg.ingest.max_file_bytes:
             errors.append(
                 {
-                    "path": f.uri,
+                    "path": f.shown,
                     "reason": f"file is {f.size} bytes, over ingest.max_file_bytes ({cfg.ingest.max_file_bytes}); "
                     "raise the limit to ingest it",
                 }
@@ -108,17 +109,18 @@ def plan(
         try:
             digest, head = sources.sha256_and_head(f.uri)
         except OSError as e:
-            errors.append({"path": f.uri, "reason": f"cannot read file: {e}"})
+            errors.append({"path": f.shown, "reason": f"cannot read file: {e}"})
             continue
         if current.get(f.uri) == digest:
             skipped += 1
             continue
         kind = readers.detect_kind(head)
         if kind is None:
-            errors.append({"path": f.uri, "reason": readers.describe_unknown(head)})
+            errors.append({"path": f.shown, "reason": readers.describe_unknown(head)})
             continue
         tasks.append({"collection": collection, "source_uri": f.uri, "content_hash": digest, "doc_kind": kind})
-    return tasks, errors, skipped
+        shown[f.uri] = f.shown
+    return tasks, errors, skipped, shown
 
 
 def _check_ocr(cfg: MmragConfig) -> None:
@@ -167,7 +169,7 @@ def ingest(
 
     _check_ocr(cfg)
     t_plan = time.perf_counter()
-    tasks, plan_errors, skipped = plan(inputs, cfg, store, collection)
+    tasks, plan_errors, skipped, shown = plan(inputs, cfg, store, collection)
     stage_s = {
         "plan": time.perf_counter() - t_plan,
         "read": 0.0,
@@ -278,7 +280,7 @@ def ingest(
                 err = {"path": doc.source_uri, "reason": row["reason"]}
                 if row["page"] is not None:
                     err["page"] = row["page"]
-                summary.errors.append(err)
+                summary.errors.append({**err, "path": shown.get(doc.source_uri, doc.source_uri)})
                 _store_errors(store, collection, doc, [err], run_id)
             else:
                 doc.expected = (row["n_items"], row["n_errors"])
@@ -300,7 +302,7 @@ def ingest(
     never_done = [d for d in docs.values() if not d.done()]
     for d in never_done:
         err = {"path": d.source_uri, "reason": "the reader crashed on this file (see the Ray logs); nothing was stored"}
-        summary.errors.append(err)
+        summary.errors.append({**err, "path": shown.get(d.source_uri, d.source_uri)})
         _store_errors(store, collection, d, [err], run_id)
     t0 = time.perf_counter()
     store.refresh_text_index()

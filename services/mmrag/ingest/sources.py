@@ -1,8 +1,10 @@
 """Turning what the user typed (files, directories, globs, object-store URIs) into files to read.
 
-Local paths are resolved to absolute paths (that is the ``source_uri`` stored with every row);
-URIs with a scheme (``s3://``, ``gs://``, ``abfs://``, ``file://``, ...) go through pyarrow's
-filesystems, the same layer Ray Data reads with.
+Local paths are resolved to absolute paths (that is the ``source_uri`` stored with every row), while messages
+name a file by the path the user gave (``SourceFile.shown``). A symlink whose real path leaves the roots given
+(a directory or glob's base, a named file's directory) is refused unless ``follow_symlinks``: a folder handed to
+mmrag cannot pull in ``~/.ssh`` through a link. URIs with a scheme (``s3://``, ``gs://``, ``abfs://``,
+``file://``, ...) go through pyarrow's filesystems, the same layer Ray Data reads with.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class SourceFile:
 
     uri: str
     size: int
+    given: str = ""
+    """The path as the user gave it (or as found under a directory they gave), for messages."""
+
+    @property
+    def shown(self) -> str:
+        return self.given or self.uri
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,9 @@ def _fs(uri: str):  # type: ignore[no-untyped-def]
     return fs.FileSystem.from_uri(uri)
 
 
-def expand(inputs: list[str]) -> tuple[list[SourceFile], list[SourceProblem]]:
-    """Expand inputs into files (sorted, de-duplicated) and problems (inputs that match nothing)."""
+def expand(inputs: list[str], *, follow_symlinks: bool = False) -> tuple[list[SourceFile], list[SourceProblem]]:
+    """Expand inputs into files (sorted, de-duplicated) and problems (inputs that match nothing, symlinks that
+    lead out of the given roots)."""
     found: dict[str, SourceFile] = {}
     problems: list[SourceProblem] = []
     for raw in inputs:
@@ -59,7 +68,16 @@ def expand(inputs: list[str]) -> tuple[list[SourceFile], list[SourceProblem]]:
                 problems.append(SourceProblem(raw, f"cannot list {raw}: {e}"))
                 continue
         else:
-            files = list(_expand_local(raw))
+            files = []
+            refused = 0
+            for f in _expand_local(raw, follow_symlinks):
+                if isinstance(f, SourceProblem):
+                    problems.append(f)
+                    refused += 1
+                else:
+                    files.append(f)
+            if refused and not files:
+                continue
         if not files:
             problems.append(SourceProblem(raw, _why_nothing(raw)))
         for f in files:
@@ -80,16 +98,47 @@ def _why_nothing(raw: str) -> str:
     return f"{raw} is not a regular file"
 
 
-def _expand_local(raw: str) -> Iterator[SourceFile]:
+def _root(raw: str, pattern: str) -> Path:
+    """The directory a local input may not leave through a symlink: the directory given, a glob's fixed base, or
+    a named file's directory."""
+    if any(ch in raw for ch in "*?["):
+        parts = Path(pattern).parts
+        fixed = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+        base = Path(*parts[:fixed]) if fixed else Path(".")
+    else:
+        p = Path(pattern)
+        base = p if p.is_dir() else p.parent
+    return Path(os.path.realpath(base))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _local_file(p: Path, root: Path, follow: bool) -> SourceFile | SourceProblem:
+    real = Path(os.path.realpath(p))
+    if not follow and not _inside(real, root):
+        return SourceProblem(
+            str(p),
+            f"{p} is a symlink to {real}, outside {root}; pass --follow-symlinks (ingest.follow_symlinks) to ingest it",
+        )
+    return SourceFile(str(real), p.stat().st_size, given=str(p))
+
+
+def _expand_local(raw: str, follow: bool = False) -> Iterator[SourceFile | SourceProblem]:
     pattern = os.path.expanduser(raw)
     paths = glob.glob(pattern, recursive=True) if any(ch in raw for ch in "*?[") else [pattern]
+    root = _root(raw, pattern)
     for p in map(Path, paths):
         if p.is_dir():
+            if not follow and not _inside(Path(os.path.realpath(p)), root):
+                yield SourceProblem(str(p), f"{p} is a symlink to a directory outside {root}; pass --follow-symlinks")
+                continue
             for sub in sorted(p.rglob("*")):
                 if sub.is_file() and not any(part.startswith(".") for part in sub.relative_to(p).parts):
-                    yield SourceFile(str(sub.resolve()), sub.stat().st_size)
+                    yield _local_file(sub, root, follow)
         elif p.is_file():
-            yield SourceFile(str(p.resolve()), p.stat().st_size)
+            yield _local_file(p, root, follow)
 
 
 def _expand_remote(uri: str) -> Iterator[SourceFile]:

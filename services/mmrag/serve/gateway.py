@@ -27,8 +27,10 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmrag import __version__, constants
+from mmrag.auth import context
 from mmrag.config import MmragConfig
 from mmrag.models.rerankers import exact_maxsim
+from mmrag.serve import access
 from mmrag.serve import answer as A
 from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.schemas import (
@@ -147,6 +149,7 @@ api = FastAPI(
     description="Multimodal RAG over PDFs, images and videos: search, answer with citations.",
 )
 install_error_handlers(api)
+api.add_middleware(access.AccessControl)  # outermost: every request, 413s included, is authenticated and audited
 
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
@@ -170,7 +173,31 @@ class Gateway:
             from mmrag.store import LanceStore
 
             store = LanceStore.from_config(self.cfg.store)
-        self.store = store
+        from mmrag.auth.guard import Authenticator
+        from mmrag.store.scoped import ScopedStore
+
+        # Every read of the store below goes through the request's principal (tenant isolation in one place).
+        self.store = ScopedStore(store)
+        srv = self.cfg.server
+        from mmrag.serve.run import exposure_warning
+
+        if (warning := exposure_warning(self.cfg)) is not None:
+            log.warning(warning)
+        import hashlib
+
+        from mmrag.auth.quota import Quotas
+        from mmrag.serve.admission import gates
+
+        # One quota book per store (keys live in the store), shared by every gateway replica of the app.
+        self.quotas = Quotas(f"mmrag-quota-{hashlib.sha256(str(self.cfg.store.uri).encode()).hexdigest()[:12]}")
+        self.gates = gates(srv.admission)
+        access.install(
+            Authenticator.from_config(srv, store),
+            audit=srv.audit_log,
+            audit_queries=srv.audit_queries,
+            quotas=self.quotas,
+            gates=self.gates,
+        )
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._collections_refreshing = False
@@ -191,17 +218,17 @@ class Gateway:
         at, names = self._collections
         age = time.monotonic() - at
         if not at or (want is not None and want not in names and age > 1.0):
-            return self._refresh_collections()
+            return self.store.visible(self._refresh_collections())
         if age > COLLECTIONS_TTL_S and not self._collections_refreshing:
             self._collections_refreshing = True
             self._pool.submit(self._refresh_collections)
-        return names
+        return self.store.visible(names)
 
     def _refresh_collections(self) -> set[str]:
         try:
-            names = self.store.collections()
+            names = self.store.unscoped.collections()  # a process-wide cache, filtered per request
             try:
-                self._calibrations = self.store.calibrations()
+                self._calibrations = self.store.unscoped.calibrations()
             except Exception:  # a calibration being written or unreadable must not hide the collections
                 log.exception("reading the collections' calibrations failed; keeping the previous ones")
             self._collections = (time.monotonic(), names)
@@ -223,6 +250,7 @@ class Gateway:
         if req.k > self.cfg.server.max_k:
             raise ApiError(400, "invalid_request", f"k must be between 1 and {self.cfg.server.max_k}", "k")
         collection = req.collection or self.cfg.store.default_collection
+        context.note(collection=collection, query=req.query)
         if req.filters is not None:
             from pydantic import ValidationError
 
@@ -490,6 +518,8 @@ class Gateway:
         timings["generate"] = (now - t_gen) * 1e3
         timings["total"] = (now - prep["t0"]) * 1e3
         cites = A.citations(prep["hits"], prep["n_used"], text, self.cfg.server.route_prefix)
+        if usage and usage.completion_tokens:
+            self.quotas.charge(context.current(), usage.completion_tokens)
         self.metrics.stages(endpoint, timings)
         self.metrics.generated(endpoint, usage.completion_tokens if usage else 0, [c["modality"] for c in cites])
         return cites, timings
@@ -669,25 +699,26 @@ class Gateway:
     @api.get("/v1/items/{item_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
     async def item_image(self, item_id: str) -> Response:
         """The page image, the image, or the clip keyframe (JPEG)."""
-        return self._item_bytes(item_id, "image", "image/jpeg")
+        return await self._item_bytes(item_id, "image", "image/jpeg")
 
     @api.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/png": {}}}, **ERRORS})
     async def item_thumbnail(self, item_id: str) -> Response:
         """A small PNG thumbnail of the item."""
-        return self._item_bytes(item_id, "thumbnail", "image/png")
+        return await self._item_bytes(item_id, "thumbnail", "image/png")
 
-    def _item_bytes(self, item_id: str, column: str, media_type: str) -> Response:
+    async def _item_bytes(self, item_id: str, column: str, media_type: str) -> Response:
         if not ITEM_ID_RE.match(item_id):
             raise ApiError(400, "invalid_request", "item ids are 32 lowercase hex characters", "item_id")
-        row = self.store.get_item(item_id, [column])
+        row = await asyncio.to_thread(self.store.get_item, item_id, [column])  # scoped: another tenant's is None
         if row is None or not row.get(column):
             raise ApiError(404, "not_found", f"no item {item_id}")
+        context.note(collection=row["collection"])
         return Response(content=row[column], media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/v1/collections")
     async def collections(self) -> dict[str, Any]:
         """Collections with searchable items, what they hold, and how each searches (its calibration)."""
-        colls = self.store.stats()["collections"]
+        colls = (await asyncio.to_thread(self.store.stats))["collections"]  # the key's collections only
         try:
             cal = await asyncio.to_thread(self.store.calibrations)
         except Exception:  # an unreadable calibration must not hide the collections
@@ -699,5 +730,6 @@ class Gateway:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        """Liveness/readiness: the gateway answers and the store is reachable."""
+        """Liveness/readiness: the gateway answers and the store is reachable. Lists the collections the caller may
+        read (with ``server.auth: required``, none without a key: this path needs none)."""
         return {"status": "ok", "version": __version__, "collections": sorted(self._known_collections())}

@@ -12,11 +12,15 @@ def run_app(cfg: MmragConfig) -> str:
     Starts a local Ray (or joins ``RAY_ADDRESS``'s) first; a local Ray exports Prometheus metrics on
     ``server.metrics_port``.
     """
+    import logging
+
     from ray import serve
 
     from mmrag.runtime import init_ray
     from mmrag.serve.app import build_app_from_config
 
+    if (warning := exposure_warning(cfg)) is not None:
+        logging.getLogger(__name__).warning(warning)
     init_ray(cfg.server)
     serve.start(http_options={"host": cfg.server.host, "port": cfg.server.port})
     serve.run(
@@ -27,6 +31,20 @@ def run_app(cfg: MmragConfig) -> str:
     )
     isolate_engine(cfg)
     return base_url(cfg)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warning(cfg: MmragConfig) -> str | None:
+    """What to say when the app is reachable beyond this machine and anyone who reaches it reads everything."""
+    if cfg.server.auth == "none" and cfg.server.host not in LOOPBACK and not cfg.server.host.startswith("127."):
+        return (
+            f"WARNING: server.auth is none and the server binds {cfg.server.host}: anyone who reaches port "
+            f"{cfg.server.port} reads every collection. Set server.auth: required (MMRAG_SERVER__AUTH=required) "
+            "and hand out keys from `mmrag keys create`, or bind 127.0.0.1."
+        )
+    return None
 
 
 def isolate_engine(cfg: MmragConfig) -> list[int] | None:

@@ -7,6 +7,7 @@ they never echo the request body back (a 1 MiB query must not produce a 1 MiB er
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,10 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mmrag.config import COLLECTION_PATTERN, Channel, FusionMethod, SearchMode
 
 ModalityName = Literal["page", "image", "clip"]
+#: C0 controls but tab, newline and carriage return; DEL; C1 controls. A NUL in a query is never meant.
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def no_controls(v: str) -> str:
+    """``v`` unchanged, or a ValueError naming the first control character (U+XXXX) and where it is."""
+    m = CONTROL_RE.search(v)
+    if m:
+        raise ValueError(
+            f"contains the control character U+{ord(m.group()):04X} at position {m.start()}; remove it "
+            "(tabs and newlines are fine)"
+        )
+    return v
 
 
 class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Public request bodies: unknown fields are errors, and nothing is coerced (``"5"`` is not a count,
+    ``true`` is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SearchFiltersIn(_Req):
@@ -41,6 +58,7 @@ class SearchFiltersIn(_Req):
             for s in v:
                 if not s or len(s) > 4096:
                     raise ValueError("each value must be 1-4096 characters")
+                no_controls(s)
         return v
 
     @field_validator("time_min_s", "time_max_s")
@@ -89,6 +107,11 @@ class SearchRequest(_Req):
         from mmrag.config import check_weights
 
         return check_weights(v)
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str) -> str:
+        return no_controls(v)
 
 
 class SearchResult(BaseModel):
@@ -155,6 +178,11 @@ class AnswerRequest(_Req):
 
         return check_weights(v)
 
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str) -> str:
+        return no_controls(v)
+
     stream: bool = Field(
         default=False,
         description="Server-sent events: `token` events ({text}), then `citations` ({citations}), then `done` "
@@ -217,7 +245,7 @@ class ChatOptions(_Req):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = Field(default=False, description="Send a last chunk with usage.")
 
@@ -225,10 +253,19 @@ class StreamOptions(BaseModel):
 class ChatMessage(BaseModel):
     """An OpenAI chat message; only the text of user messages is used (see ChatRequest)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"] = Field(description="Who speaks.")
     content: str | list[dict[str, Any]] | None = Field(default=None, description="Text, or a list of parts.")
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        for part in [v] if isinstance(v, str) else (v or []):
+            text = part if isinstance(part, str) else part.get("text")
+            if isinstance(text, str):
+                no_controls(text)
+        return v
 
 
 class ChatRequest(BaseModel):
@@ -237,7 +274,7 @@ class ChatRequest(BaseModel):
     are ignored, as vLLM's server does; ``ignore_eos``, ``min_tokens``, ``top_k`` and the penalties are passed
     to vLLM."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str | None = Field(default=None, description="Must be the served model name (GET /v1/models).")
     messages: list[ChatMessage] = Field(min_length=1, max_length=256, description="The conversation.")

@@ -90,6 +90,16 @@ class LanceStore:
             self._tables[name] = self._db.open_table(name)
         return self._tables[name]
 
+    def ensure_table(self, name: str, schema: pa.Schema) -> Any:
+        """The table ``name``, created empty with ``schema`` if the store has none yet."""
+        if name not in self._names():
+            self._db.create_table(name, schema=schema, exist_ok=True)
+            self._tables.pop(name, None)
+        return self.table(name)
+
+    def has_table(self, name: str) -> bool:
+        return name in self._names()
+
     def items_dim(self) -> int | None:
         if not self.has_items():
             return None

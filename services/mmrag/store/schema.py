@@ -59,6 +59,7 @@ ITEMS = "items"
 DOCUMENTS = "documents"
 ERRORS = "ingest_errors"
 CALIBRATION = "calibration"
+API_KEYS = "api_keys"
 #: The column the dense channel's vector index (LanceDB IVF) is built on, once a collection is large.
 TEXT_VECTOR = "text_vector"
 
@@ -127,6 +128,23 @@ CALIBRATION_SCHEMA = pa.schema(
         pa.field("n_items", pa.int64()),
         pa.field("fingerprint", pa.string()),
         pa.field("record", pa.string()),
+    ]
+)
+
+
+#: API keys (:mod:`mmrag.auth.keys`): a slow hash of each key's secret, never the key.
+API_KEYS_SCHEMA = pa.schema(
+    [
+        pa.field("key_id", pa.string(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("collections", pa.list_(pa.string())),  # null: every collection
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("rate_per_s", pa.float64()),
+        pa.field("tokens_per_min", pa.int64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("expires_at", pa.timestamp("us", tz="UTC")),
+        pa.field("revoked_at", pa.timestamp("us", tz="UTC")),
+        pa.field("secret_hash", pa.string(), nullable=False),
     ]
 )
 

@@ -391,3 +391,20 @@ def test_security_scan_of_the_dockerfiles_is_clean() -> None:
     assert report["summary"]["passed"] > 50, "checkov checked (almost) nothing"
     failed = sorted((c["check_id"], c["file_path"]) for c in report["results"].get("failed_checks", []))
     assert not failed, f"checkov findings in deploy/docker: {failed}"
+
+
+def test_only_the_api_port_is_open_to_all_and_it_needs_keys() -> None:
+    """The NetworkPolicy lets anyone reach the serve port only; metrics only from the monitoring namespace, the
+    dashboard from Ray pods; and the ConfigMap makes the API need keys, the admin one from the Secret."""
+    pol = yaml.safe_load((ROOT / "k8s" / "base" / "networkpolicy.yaml").read_text())
+    open_ports = {p["port"] for r in pol["spec"]["ingress"] if "from" not in r for p in r.get("ports", [])}
+    assert open_ports == {8000}
+    metrics = [r for r in pol["spec"]["ingress"] if any(p["port"] == 8080 for p in r.get("ports", []))]
+    assert metrics and all(r["from"] and "namespaceSelector" in r["from"][0] for r in metrics)
+    assert not any(p["port"] == 8265 for r in pol["spec"]["ingress"] for p in r.get("ports", []))
+    cm = yaml.safe_load((ROOT / "k8s" / "base" / "configmap.yaml").read_text())
+    assert cm["data"]["MMRAG_SERVER__AUTH"] == "required"
+    secret = yaml.safe_load((ROOT / "k8s" / "base" / "secret.example.yaml").read_text())
+    from mmrag.config import ServerConfig
+
+    assert ServerConfig().admin_key_env in secret["stringData"]

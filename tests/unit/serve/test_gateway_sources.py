@@ -15,6 +15,17 @@ from mmrag.serve.metrics import GatewayMetrics
 pytestmark = pytest.mark.unit
 
 
+@pytest.fixture(autouse=True)
+def _in_a_request():
+    """The gateway reads the store as a request's principal (here: no auth, every collection)."""
+    from mmrag.auth import context
+    from mmrag.auth.keys import ANONYMOUS
+
+    token = context.PRINCIPAL.set(ANONYMOUS)
+    yield
+    context.PRINCIPAL.reset(token)
+
+
 def _jpeg(color: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (600, 800), color).save(buf, format="JPEG")
@@ -23,7 +34,10 @@ def _jpeg(color: str) -> bytes:
 
 class FakeStore:
     def __init__(self, n: int) -> None:
-        self.rows = {f"{i:032x}": {"image": _jpeg("white"), "text": f"full text of item {i} " * 20} for i in range(n)}
+        self.rows = {
+            f"{i:032x}": {"image": _jpeg("white"), "text": f"full text of item {i} " * 20, "collection": "docs"}
+            for i in range(n)
+        }
         self.calls: list[tuple[list[str], list[str]]] = []
 
     def get_items(self, ids: list[str], columns: list[str]) -> dict[str, dict[str, Any]]:
@@ -61,7 +75,7 @@ def test_one_store_call_then_the_cache() -> None:
     n_img = gw.cfg.models.generator.max_images_per_prompt
     msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
     assert n == 4 and _images(msgs) == n_img
-    assert len(store.calls) == 1 and set(store.calls[0][1]) == {"image", "text"}
+    assert len(store.calls) == 1 and set(store.calls[0][1]) == {"image", "text", "collection"}
     text = " ".join(p.get("text", "") for p in msgs[1]["content"])
     assert "full text of item 0" in text, "the whole text from the store, not the hit's snippet"
     again, _ = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
@@ -113,7 +127,7 @@ def test_text_only_generator_gets_text_and_no_image_is_fetched() -> None:
     gw = _gateway(store, generator={})
     assert gw.cfg.models.generator.model == "real:smollm2-135m-instruct" and gw._prompt_images == 0
     msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
-    assert n == 4 and store.calls == [([f"{i:032x}" for i in range(4)], ["text"])]
+    assert n == 4 and store.calls == [([f"{i:032x}" for i in range(4)], ["text", "collection"])]
     user = msgs[1]["content"]
     assert isinstance(user, str) and "full text of item 3" in user and user.endswith("Question: q")
     assert gw._sources_cached(_hits([0, 1, 2, 3]))

@@ -44,6 +44,16 @@ def test_valid_request_passes(client: TestClient) -> None:
         ({"query": "x", "collection": "a' OR 1=1"}, "collection"),
         ({"query": "x", "filters": {"modalities": ["audio"]}}, "filters.modalities.0"),
         ({"query": "x", "bogus": 1}, "bogus"),
+        # strict: no coercion of strings or booleans into numbers
+        ({"query": "x", "k": "5"}, "k"),
+        ({"query": "x", "k": True}, "k"),
+        ({"query": "x", "k": 5.0}, "k"),
+        ({"query": "x", "rerank": "yes"}, "rerank"),
+        ({"query": "x", "filters": {"page_min": "2"}}, "filters.page_min"),
+        # control characters in queries and names
+        ({"query": "a\u0000b"}, "query"),
+        ({"query": "ring \u0007 bell"}, "query"),
+        ({"query": "x", "filters": {"source_uris": ["/a\u0000.pdf"]}}, "filters.source_uris"),
     ],
 )
 def test_bad_fields_are_400_with_the_field(client: TestClient, body: dict, field: str) -> None:
@@ -51,6 +61,30 @@ def test_bad_fields_are_400_with_the_field(client: TestClient, body: dict, field
     assert r.status_code == 400
     e = _err(r)
     assert e["code"] == "invalid_request" and e["field"] == field
+
+
+def test_control_character_error_says_which_and_where(client: TestClient) -> None:
+    e = _err(client.post("/v1/search", json={"query": "ab\u0000"}))
+    assert "U+0000" in e["message"] and "position 2" in e["message"]
+    ok = client.post("/v1/search", json={"query": "tabs\tand\nnewlines are fine", "k": 2})
+    assert ok.status_code == 200
+
+
+def test_chat_messages_are_strict_too() -> None:
+    from pydantic import ValidationError
+
+    from mmrag.serve.schemas import ChatRequest
+
+    ok = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "temperature": 0}
+    assert ChatRequest.model_validate(ok).temperature == 0.0, "an integer is a number"
+    for bad in (
+        {"messages": [{"role": "user", "content": "a\u0000"}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "\u001b[31m"}]}]},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"},
+        {"messages": [{"role": "user", "content": "hi"}], "stream": "true"},
+    ):
+        with pytest.raises(ValidationError):
+            ChatRequest.model_validate(bad)
 
 
 def test_nan_and_infinite_numbers_do_not_crash(client: TestClient) -> None:
