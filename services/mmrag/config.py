@@ -527,7 +527,11 @@ class AdmissionConfig(_Strict):
     """Admission control per gateway replica (:mod:`mmrag.serve.admission`): under overload, refuse at once (503 +
     Retry-After) what could not be served within the SLO, instead of letting every request time out."""
 
-    enabled: bool = Field(default=True, description="Off: every request is queued, however long the queue.")
+    enabled: bool = Field(
+        default=True,
+        description="Off: every request is queued, however long the queue. On, the gateway deployment's "
+        "max_ongoing_requests is raised to 4096 so that Serve does not queue requests ahead of the gates.",
+    )
     search_slo_ms: float = Field(
         default=1000.0,
         gt=0,

@@ -5,10 +5,11 @@ enters if fewer than ``limit`` requests of its group are in flight on the replic
 ``overloaded`` with ``Retry-After`` before any work is done (well under a millisecond).
 
 The limit follows Little's law: the requests a replica may hold is the rate at which it drains them times the
-latency SLO (``L = λ·W``): a request admitted behind ``limit`` others waits about ``limit / λ`` = the SLO. ``λ`` is
+time they may spend (``L = λ·W``), with ``W`` half the latency SLO: a request admitted behind ``limit`` others
+waits about ``limit / λ`` = SLO/2 on average, which leaves the other half for the tail. ``λ`` is
 measured, not configured: each window (1 s) the gate counts completions, and when the window shows the replica was
 saturated (it refused requests, or its in-flight count reached the limit) that window's completion rate updates a
-moving estimate of its capacity, and ``limit = ceil(capacity × SLO)``. If the admitted requests' p90 latency still
+moving estimate of its capacity, and ``limit = ceil(capacity × SLO × 0.5)``. If the admitted requests' p90 latency still
 overran the SLO (the capacity behind the gateway fell), the limit is cut by a fifth at once. Until the first
 saturated window the limit is ``admission.initial_inflight``. With ``admission.max_inflight`` set the limit is that
 number and nothing adapts.
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 WINDOW_S = 1.0
 EWMA = 0.5
+#: The share of the SLO that queueing may take on average (Little's law's W); the rest is for the tail.
+QUEUE_SHARE = 0.5
 
 
 class Gate:
@@ -90,7 +93,8 @@ class Gate:
             if saturated and self._done:
                 rate = self._done / elapsed
                 self.capacity = rate if self.capacity is None else EWMA * rate + (1 - EWMA) * self.capacity
-                self.limit = max(self.floor, min(self.ceiling, math.ceil(self.capacity * self.slo_s)))
+                want = math.ceil(self.capacity * self.slo_s * QUEUE_SHARE)
+                self.limit = max(self.floor, min(self.ceiling, want))
             if self._lat:
                 lat = sorted(self._lat)
                 if lat[int(0.9 * (len(lat) - 1))] > self.slo_s:

@@ -17,6 +17,9 @@ from ray.serve import Application
 
 from mmrag.config import MmragConfig, load_config
 
+#: Serve's max_ongoing_requests for the gateway when its admission gates are on (their largest limit).
+ADMISSION_CEILING = 4096
+
 
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (the ``args:`` block of a Serve config)."""
@@ -62,4 +65,10 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
         from mmrag.serve.generator import build_generator
 
         generator = build_generator(cfg)
-    return Gateway.options(**cfg.gateway.serve_options()).bind(tree, retriever, reranker, generator)
+    gw = cfg.gateway.serve_options()
+    if cfg.server.admission.enabled:
+        # The gateway's own admission gates decide what a replica takes on (mmrag.serve.admission): Serve's
+        # per-replica limit would queue requests ahead of them, where no gate sees them (measured: 8-23 s queues
+        # at 2-4x capacity with max_ongoing_requests 64), so it is lifted to the gates' ceiling.
+        gw["max_ongoing_requests"] = max(gw["max_ongoing_requests"], ADMISSION_CEILING)
+    return Gateway.options(**gw).bind(tree, retriever, reranker, generator)
