@@ -3,28 +3,23 @@
 ``/v1/search`` ranks items; ``/v1/answer`` and the OpenAI-compatible ``/v1/chat/completions`` answer from them
 with citations (see :mod:`mmrag.serve.answer` for the response shapes); ``/v1/models`` lists the served model.
 
-Every error is JSON ``{"error": {"code", "message", "field"}}`` (see :mod:`mmrag.serve.schemas`),
-never an echo of the request: FastAPI's own 422 handler echoes input and crashes on NaN.
+Below the routes: JSON errors and the body limit (:mod:`mmrag.serve.http_layer`), keys, scoping, admission and the
+audit line (:mod:`mmrag.serve.access`), and the prompt sources' cache (:mod:`mmrag.serve.sources`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import functools
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmrag import __version__, constants
 from mmrag.auth import context
@@ -32,6 +27,7 @@ from mmrag.config import MmragConfig
 from mmrag.models.rerankers import exact_maxsim
 from mmrag.serve import access
 from mmrag.serve import answer as A
+from mmrag.serve.http_layer import ApiError, install_error_handlers
 from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.schemas import (
     AnswerRequest,
@@ -45,7 +41,6 @@ from mmrag.serve.schemas import (
 )
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-MAX_BODY_BYTES = 1 << 20
 #: Seconds the gateway's list of collections is used before it is refreshed (in the background).
 COLLECTIONS_TTL_S = 5.0
 ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
@@ -53,94 +48,6 @@ GEN_ERRORS = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorRespo
 SSE = {"content": {"text/event-stream": {}}}
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-
-
-def _field(loc: tuple[Any, ...]) -> str | None:
-    if loc and loc[0] in ("body", "query", "path", "header"):
-        loc = loc[1:]
-    parts = [str(x) for x in loc]
-    return ".".join(parts) or None
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_json(e.code, e.message, e.field), status_code=e.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        errs = e.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return JSONResponse(error_json("invalid_json", "the request body is not valid JSON"), status_code=400)
-        field = _field(tuple(first.get("loc", ())))
-        msg = str(first.get("msg", "invalid value"))
-        if first.get("type") == "extra_forbidden":
-            msg = "unknown field; see the OpenAPI schema at /openapi.json"
-        more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-        return JSONResponse(error_json("invalid_request", f"{field or 'body'}: {msg}{more}", field), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
-        return JSONResponse(error_json(code, str(e.detail)), status_code=e.status_code)
-
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-
-
-class BodyLimit:
-    """413 for a request body over ``max_bytes``; a plain ASGI middleware.
-
-    A Content-Length over the limit (or not a number) is refused before anything is read. A body without one
-    (``Transfer-Encoding: chunked``) is counted as it arrives: at the limit the client gets the 413, the app is told
-    the client left, and whatever the app then sends is dropped, so no more than ``max_bytes`` is ever buffered.
-    (Starlette's ``@app.middleware("http")`` would do, but it runs every response, streams included, through an
-    extra task and memory channel: time added to each request and to every streamed token.)"""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> JSONResponse:
-        body = error_json("request_too_large", f"request bodies are limited to {self.max_bytes} bytes")
-        return JSONResponse(body, status_code=413)
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers") or ():
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._too_large()(scope, receive, send)
-                    return
-                await self.app(scope, receive, send)  # the server delivers no more than it announced
-                return
-        state = {"received": 0, "rejected": False}
-
-        async def counted() -> dict[str, Any]:
-            if state["rejected"]:
-                return {"type": "http.disconnect"}
-            msg = await receive()
-            if msg["type"] == "http.request":
-                state["received"] += len(msg.get("body") or b"")
-                if state["received"] > self.max_bytes:
-                    state["rejected"] = True
-                    await self._too_large()(scope, receive, send)
-                    return {"type": "http.disconnect"}
-            return msg
-
-        async def guarded(msg: dict[str, Any]) -> None:
-            if not state["rejected"]:
-                await send(msg)
-
-        await self.app(scope, counted, guarded)
 
 
 api = FastAPI(
@@ -204,9 +111,10 @@ class Gateway:
         self._rerank_info: dict[str, Any] | None = None
         self._calibrations: dict[str, dict[str, Any]] = {}
         # (item id, with image) -> {"text", "prepared_image"}; items are immutable (ids hash the content)
-        self._sources: collections.OrderedDict[tuple[str, bool], dict[str, Any]] = collections.OrderedDict()
-        self._sources_lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="prompt")
+        from mmrag.serve.sources import PromptSources
+
+        self.sources = PromptSources(self.cfg, self.store, self._pool)
 
     # ------------------------------------------------------------------------------ helpers
     def _known_collections(self, want: str | None = None) -> set[str]:
@@ -354,72 +262,12 @@ class Gateway:
         prompt-ready images of the first ``max_images_per_prompt``, come from the cache or one store call."""
         from mmrag.serve.generator import build_prompt_sources
 
-        sources = self._sources_for(hits)
+        sources = self.sources.get(hits)
         contexts = [{**h, "image": None, **sources.get(h["id"], {})} for h in hits]
         try:
             return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens)
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
-
-    @functools.cached_property
-    def _prompt_images(self) -> int:
-        """How many of the first sources go into a prompt as images: none for a text-only generator."""
-        from mmrag.serve.generator import is_vision_model
-
-        return self.cfg.models.generator.max_images_per_prompt if is_vision_model(self.cfg) else 0
-
-    def _cached_key(self, item_id: str, with_image: bool) -> tuple[str, bool] | None:
-        """The cache key that serves ``item_id`` (an entry with the image has the text too), or None; hold
-        ``_sources_lock``."""
-        for key in ((item_id, with_image), (item_id, True)):
-            if key in self._sources:
-                return key
-        return None
-
-    def _sources_cached(self, hits: list[dict[str, Any]]) -> bool:
-        """Whether every source of ``hits`` (with its image where the prompt takes one) is in the cache."""
-        n_img = self._prompt_images
-        with self._sources_lock:
-            return all(self._cached_key(h["id"], i < n_img) is not None for i, h in enumerate(hits))
-
-    def _sources_for(self, hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """item id -> {text, prepared_image}: from the cache, else one store call with the images prepared in
-        parallel threads (and then cached, up to ``server.prompt_cache_items``)."""
-        from mmrag.serve.generator import prepare_image
-
-        n_img = self._prompt_images
-        out: dict[str, dict[str, Any]] = {}
-        missing: list[tuple[str, bool]] = []
-        with self._sources_lock:  # requests build prompts in worker threads
-            for i, h in enumerate(hits):
-                key = self._cached_key(h["id"], i < n_img)
-                if key is None:
-                    missing.append((h["id"], i < n_img))
-                else:
-                    got = self._sources[key]
-                    self._sources.move_to_end(key)
-                    out[h["id"]] = got if key[1] == (i < n_img) else {"text": got.get("text")}
-        if not missing:
-            return out
-        rows = self.store.get_items(
-            [k[0] for k in missing], ["image", "text"] if any(k[1] for k in missing) else ["text"]
-        )
-        todo = [k[0] for k in missing if k[1] and rows.get(k[0], {}).get("image")]
-        px = self.cfg.models.generator.image_max_pixels
-        prepared = dict(zip(todo, self._pool.map(lambda i: prepare_image(rows[i]["image"], px), todo), strict=True))
-        limit = self.cfg.server.prompt_cache_items
-        with self._sources_lock:
-            for key in missing:
-                row = rows.get(key[0])
-                if row is None:  # deleted since the search: the hit keeps its snippet, no image
-                    continue
-                value = {k: v for k, v in (("text", row.get("text")), ("prepared_image", prepared.get(key[0]))) if v}
-                out[key[0]] = value
-                if limit:
-                    self._sources[key] = value
-            while len(self._sources) > limit:
-                self._sources.popitem(last=False)
-        return out
 
     def _max_tokens(self, asked: int | None) -> int:
         m = self.cfg.models.generator
@@ -471,7 +319,7 @@ class Gateway:
         )
         hits, mode, collection, st = await self.run_search(sreq)
         t1 = time.perf_counter()
-        if self._sources_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
+        if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
             messages, n_used = self._build_prompt(query, hits, max_tokens)
         else:
             messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens)

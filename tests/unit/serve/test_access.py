@@ -15,7 +15,7 @@ from mmrag.auth.keys import KeyStore
 from mmrag.auth.quota import QuotaBook, Quotas
 from mmrag.serve import access
 from mmrag.serve.admission import Gate
-from mmrag.serve.gateway import install_error_handlers
+from mmrag.serve.http_layer import install_error_handlers
 from mmrag.store import LanceStore
 from mmrag.store.scoped import ScopedStore
 

@@ -53,7 +53,7 @@ def _gateway(store: FakeStore, cache: int = 512, generator: dict[str, Any] | Non
     over = {"server": {"prompt_cache_items": cache}, "models": {"generator": VLM if generator is None else generator}}
     cfg = load_config("local-cpu", over, use_env=False)
     # @serve.ingress wraps the class (its __init__ becomes async); the class underneath is ours
-    cls = next(c for c in Gateway.func_or_class.__mro__ if "_sources_for" in vars(c))
+    cls = next(c for c in Gateway.func_or_class.__mro__ if "_build_prompt" in vars(c))
     return cls(cfg.model_dump(mode="json"), None, None, None, store=store, metrics=GatewayMetrics(enabled=False))
 
 
@@ -89,11 +89,11 @@ def test_cache_is_bounded_and_can_be_off() -> None:
     store = FakeStore(10)
     gw = _gateway(store, cache=3)
     gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
-    assert len(gw._sources) == 3
+    assert len(gw.sources.entries) == 3
     off = _gateway(store, cache=0)
     for _ in range(2):
         off._build_prompt("q", _hits([0, 1]), 16)
-    assert len(off._sources) == 0 and len(store.calls) == 3
+    assert len(off.sources.entries) == 0 and len(store.calls) == 3
 
 
 def test_an_item_deleted_since_the_search_keeps_its_snippet() -> None:
@@ -105,29 +105,29 @@ def test_an_item_deleted_since_the_search_keeps_its_snippet() -> None:
 
 
 def test_sources_cached_says_when_a_prompt_needs_no_store_call() -> None:
-    """The gateway builds a prompt inline (no thread hop) only when this is true, so it must match _sources_for."""
+    """The gateway builds a prompt inline (no thread hop) only when this is true, so it must match PromptSources.get."""
     store = FakeStore(10)
     gw = _gateway(store)
     n_img = gw.cfg.models.generator.max_images_per_prompt
-    assert not gw._sources_cached(_hits([0, 1, 2, 3]))
+    assert not gw.sources.all_cached(_hits([0, 1, 2, 3]))
     gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
-    assert gw._sources_cached(_hits([0, 1, 2, 3]))
-    assert gw._sources_cached(_hits([1, 0, 3])), "items cached with their image serve text-only places too"
+    assert gw.sources.all_cached(_hits([0, 1, 2, 3]))
+    assert gw.sources.all_cached(_hits([1, 0, 3])), "items cached with their image serve text-only places too"
     # an item cached without its image now ranks where the prompt takes one: not cached
-    assert not gw._sources_cached(_hits([n_img, 0]))
+    assert not gw.sources.all_cached(_hits([n_img, 0]))
     calls = len(store.calls)
     gw._build_prompt("q", _hits([n_img, 0]), 16)
-    assert len(store.calls) == calls + 1 and gw._sources_cached(_hits([n_img, 0]))
-    assert not gw._sources_cached(_hits([0, 9]))
+    assert len(store.calls) == calls + 1 and gw.sources.all_cached(_hits([n_img, 0]))
+    assert not gw.sources.all_cached(_hits([0, 9]))
 
 
 def test_text_only_generator_gets_text_and_no_image_is_fetched() -> None:
     """local-cpu's SmolLM2 takes no images: the store is asked for text only, and the prompt is one string."""
     store = FakeStore(10)
     gw = _gateway(store, generator={})
-    assert gw.cfg.models.generator.model == "real:smollm2-135m-instruct" and gw._prompt_images == 0
+    assert gw.cfg.models.generator.model == "real:smollm2-135m-instruct" and gw.sources.n_images == 0
     msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
     assert n == 4 and store.calls == [([f"{i:032x}" for i in range(4)], ["text", "collection"])]
     user = msgs[1]["content"]
     assert isinstance(user, str) and "full text of item 3" in user and user.endswith("Question: q")
-    assert gw._sources_cached(_hits([0, 1, 2, 3]))
+    assert gw.sources.all_cached(_hits([0, 1, 2, 3]))

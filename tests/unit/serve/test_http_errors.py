@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from mmrag.serve.gateway import MAX_BODY_BYTES, BodyLimit, install_error_handlers
+from mmrag.serve.http_layer import MAX_BODY_BYTES, BodyLimit, install_error_handlers
 from mmrag.serve.schemas import SearchRequest
 
 pytestmark = pytest.mark.unit
