@@ -71,8 +71,19 @@ def tenants(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory
     a, a_id = _key(db, "-c", "docs", "--name", "tenant a")
     b, b_id = _key(db, "-c", "other", "--name", "tenant b")
     limited, _ = _key(db, "-c", "docs", "--rate", "4", "--name", "four per second")
+    tokens, _ = _key(db, "-c", "docs", "--tokens-per-min", "10", "--name", "ten tokens a minute")
     url = run_app(cfg)
-    yield {"url": url, "db": db, "a": a, "b": b, "a_id": a_id, "b_id": b_id, "dir": d, "limited": limited}
+    yield {
+        "url": url,
+        "db": db,
+        "a": a,
+        "b": b,
+        "a_id": a_id,
+        "b_id": b_id,
+        "dir": d,
+        "limited": limited,
+        "tokens": tokens,
+    }
     serve.shutdown()
 
 
@@ -242,3 +253,20 @@ def test_haproxy_admin_ports_listen_on_loopback_only(tenants) -> None:
     }
     assert listening, "HAProxy's stats and metrics ports are not listening"
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+
+
+def test_generated_tokens_per_minute_are_counted_across_replicas(tenants) -> None:
+    """The first answer spends the key's minute of tokens (the echo engine writes up to 32); the next generation
+    is 429 on whichever replica, while searching with the same key still works."""
+    t = tenants
+    body = {"query": "coin", "collection": "docs", "k": 2, "max_tokens": 32}
+    first = httpx.post(f"{t['url']}/v1/answer", json=body, headers=_h(t["tokens"]), timeout=120)
+    assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] >= 10
+    time.sleep(1.0)  # the charge is sent after the answer, without waiting for it
+    for _ in range(3):
+        r = httpx.post(
+            f"{t['url']}/v1/answer", json=body, headers={**_h(t["tokens"]), "Connection": "close"}, timeout=120
+        )
+        assert r.status_code == 429 and "generated tokens per minute" in r.json()["error"]["message"]
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert _search(t, t["tokens"], query="coin", collection="docs").status_code == 200
