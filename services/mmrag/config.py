@@ -351,6 +351,12 @@ class DeploymentConfig(_Strict):
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (fractions allowed).")
     memory_bytes: int | None = Field(default=None, ge=0, description="Memory reserved per replica.")
     max_ongoing_requests: int = Field(default=64, ge=1, description="Requests in flight per replica.")
+    max_queued_requests: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests a caller's handle may hold queued for this deployment beyond what its replicas take "
+        "(Ray Serve's max_queued_requests); over it the gateway answers 503 overloaded at once. None: unbounded.",
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentConfig:
@@ -369,6 +375,8 @@ class DeploymentConfig(_Strict):
         if self.memory_bytes:
             actor["memory"] = self.memory_bytes
         opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}
+        if self.max_queued_requests is not None:
+            opts["max_queued_requests"] = self.max_queued_requests
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump()
         else:
@@ -520,6 +528,20 @@ class GeneratorConfig(DeploymentConfig):
         le=64,
         description="Ranked items handed to the generator per answer (the default k of /v1/answer); the first "
         "models.generator.max_images_per_prompt of them go in as images, all with their text as far as it fits.",
+    )
+    max_request_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The most tokens a request may ask the answer to have (max_tokens); None: half of "
+        "models.generator.max_model_len. Requests asking for more are 400s.",
+    )
+    allow_ignore_eos: bool = Field(
+        default=False,
+        description="Whether chat requests may pass ignore_eos to vLLM (generate max_tokens whatever the model "
+        "says): load tools want it, but a few such requests near the token limit hold the engine. Off: a 400.",
+    )
+    max_min_tokens: int = Field(
+        default=0, ge=0, description="The largest min_tokens a chat request may pass to vLLM (0: none allowed)."
     )
 
 

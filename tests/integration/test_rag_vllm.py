@@ -54,6 +54,7 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
         "ingest": {"ocr": "never"},
         "server": {"port": _free_port()},
         "calibration": {"enabled": False},  # covered by test_serve_app
+        "generator": {"allow_ignore_eos": True},  # off by default; here it proves the option reaches vLLM
     }
     cfg = load_config("local-cpu", {**over, "models": {"generator": vlm}})
     assert cfg.generator.engine == "vllm"

@@ -317,6 +317,25 @@ def test_openai_client_chat_completions(served) -> None:
         ),
         ("/v1/chat/completions", {"messages": [{"role": "system", "content": "x"}]}, 400, "invalid_request"),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3}, 400, "invalid_request"),
+        # generation limits: forcing long answers is off by default; pass-through fields are type-checked
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "mmrag": {"collection": "docs"}, "ignore_eos": True},
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "mmrag": {"collection": "docs"}, "min_tokens": 50},
+            400,
+            "invalid_request",
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "mmrag": {"collection": "docs"}, "top_k": "5"},
+            400,
+            "invalid_request",
+        ),
     ],
 )
 def test_bad_answer_requests_get_json_errors(served, path: str, body: dict, status: int, code: str) -> None:

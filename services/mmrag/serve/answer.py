@@ -7,6 +7,7 @@ to turn the ranked items and the generated text into ``/v1/answer`` and ``/v1/ch
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -142,5 +143,44 @@ class ChatShape:
         return sse(body)
 
 
-#: OpenAI request fields forwarded to vLLM as they are (sampling options load tools send).
+#: OpenAI request fields forwarded to vLLM (sampling options load tools send), checked by :func:`chat_extras`.
 CHAT_PASSTHROUGH = ("ignore_eos", "min_tokens", "top_k", "repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
+class ExtraError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def chat_extras(extra: dict[str, object], *, allow_ignore_eos: bool, max_min_tokens: int) -> dict[str, object]:
+    """The pass-through sampling fields of a chat request, type-checked and within the deployment's generation
+    limits (``generator.allow_ignore_eos``, ``generator.max_min_tokens``): forcing long answers is how a few clients
+    hold every engine decoding. Raises :class:`ExtraError` naming the field."""
+    out: dict[str, object] = {}
+    for key in CHAT_PASSTHROUGH:
+        v = extra.get(key)
+        if v is None:
+            continue
+        if key == "ignore_eos":
+            if not isinstance(v, bool):
+                raise ExtraError(key, "ignore_eos must be true or false")
+            if v and not allow_ignore_eos:
+                raise ExtraError(key, "ignore_eos is not allowed on this deployment (generator.allow_ignore_eos)")
+        elif key in ("min_tokens", "top_k"):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ExtraError(key, f"{key} must be an integer")
+            if key == "min_tokens" and not 0 <= v <= max_min_tokens:
+                raise ExtraError(
+                    key, f"min_tokens must be between 0 and {max_min_tokens} here (generator.max_min_tokens)"
+                )
+            if key == "top_k" and v < -1:
+                raise ExtraError(key, "top_k must be -1 (off) or a positive integer")
+        elif not _number(v):
+            raise ExtraError(key, f"{key} must be a finite number")
+        out[key] = v
+    return out

@@ -271,14 +271,19 @@ class Gateway:
 
     def _max_tokens(self, asked: int | None) -> int:
         m = self.cfg.models.generator
+        cap = self.cfg.generator.max_request_tokens or m.max_model_len // 2
         if asked is None:
-            return m.max_tokens
-        if asked > m.max_model_len // 2:
+            return min(m.max_tokens, cap)
+        if asked > cap:
+            why = (
+                f"this deployment's model takes {m.max_model_len} tokens in all"
+                if self.cfg.generator.max_request_tokens is None
+                else "generator.max_request_tokens"
+            )
             raise ApiError(
                 400,
                 "invalid_request",
-                f"max_tokens is {asked}; this deployment's model takes {m.max_model_len} tokens in all, so at most "
-                f"{m.max_model_len // 2} may go to the answer",
+                f"max_tokens is {asked}; at most {cap} may go to an answer ({why})",
                 "max_tokens",
             )
         return asked
@@ -381,7 +386,8 @@ class Gateway:
         except Exception:
             self.metrics.request(endpoint, 500)
             raise
-        self.metrics.request(endpoint, 200)
+        if not isinstance(out, StreamingResponse):  # a stream is counted when it ends: failing mid-way is no 200
+            self.metrics.request(endpoint, 200)
         return out
 
     # ------------------------------------------------------------------------------ routes
@@ -436,7 +442,7 @@ class Gateway:
         async def events() -> AsyncIterator[str]:
             parts: list[str] = []
             t_first: float | None = None
-            done = False
+            done = failed = False
             try:
                 async for delta in stream:
                     if t_first is None:
@@ -449,14 +455,19 @@ class Gateway:
                 usage = vars(stream.usage) if stream.usage else None
                 yield A.sse({"finish_reason": stream.finish_reason, "usage": usage, "timings": timings}, "done")
                 done = True
+                self.metrics.request("answer", 200)
             except Exception as e:
                 from mmrag.serve.generator import GeneratorError
 
+                failed = True
+                self.metrics.request("answer", 502)
                 msg = e.message if isinstance(e, GeneratorError) else "the answer failed while streaming"
                 yield A.sse(error_json("generator_error", msg), "error")
             finally:
                 if not done:
                     stream.cancel()
+                    if not failed:  # the client left mid-stream
+                        self.metrics.request("answer", 499)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -490,7 +501,13 @@ class Gateway:
             rerank=opts.rerank if opts else None,
             max_tokens=req.max_completion_tokens or req.max_tokens,
         )
-        extra = {key: v for key in A.CHAT_PASSTHROUGH if (v := (req.model_extra or {}).get(key)) is not None}
+        g = self.cfg.generator
+        try:
+            extra = A.chat_extras(
+                req.model_extra or {}, allow_ignore_eos=g.allow_ignore_eos, max_min_tokens=g.max_min_tokens
+            )
+        except A.ExtraError as e:
+            raise ApiError(400, "invalid_request", str(e), e.field) from e
         for key in ("top_p", "seed", "stop"):
             if (v := getattr(req, key)) is not None:
                 extra[key] = v
@@ -509,7 +526,7 @@ class Gateway:
         async def chunks() -> AsyncIterator[str]:
             parts: list[str] = []
             t_first: float | None = None
-            done = False
+            done = failed = False
             try:
                 yield shape.chunk({"role": "assistant", "content": ""})
                 async for delta in stream:
@@ -523,14 +540,19 @@ class Gateway:
                 if include_usage:
                     yield shape.chunk(None, usage=vars(stream.usage) if stream.usage else {})
                 done = True
+                self.metrics.request("chat", 200)
             except Exception as e:
                 from mmrag.serve.generator import GeneratorError
 
+                failed = True
+                self.metrics.request("chat", 502)
                 msg = e.message if isinstance(e, GeneratorError) else "the answer failed while streaming"
                 yield A.sse(error_json("generator_error", msg))
             finally:
                 if not done:
                     stream.cancel()
+                    if not failed:  # the client left mid-stream
+                        self.metrics.request("chat", 499)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -7,6 +7,7 @@ handlers and :class:`BodyLimit` on an app (the gateway's, and the tests' small o
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mmrag.serve.schemas import error_json
 
 MAX_BODY_BYTES = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -49,6 +52,22 @@ def install_error_handlers(app: FastAPI) -> None:
             msg = "unknown field; see the OpenAPI schema at /openapi.json"
         more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
         return JSONResponse(error_json("invalid_request", f"{field or 'body'}: {msg}{more}", field), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        """Anything else is still the JSON error shape: 503 + Retry-After when a downstream deployment is
+        saturated (Serve's max_queued_requests) or a replica died, else 500 (logged, never echoed)."""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError
+
+        if isinstance(e, BackPressureError):
+            body = error_json("overloaded", "the server is at capacity for this kind of request; retry shortly")
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        if isinstance(e, RayActorError):
+            body = error_json("unavailable", "a part of the server restarted while answering; retry")
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        log.error("unexpected error answering a request", exc_info=e)
+        return JSONResponse(error_json("internal_error", "the server failed to answer; see its logs"), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -115,3 +115,29 @@ def test_openai_shapes_parse_with_the_official_client() -> None:
     assert chunk.choices[0].delta.content == "Ro" and chunk.id == done.id
     usage = ChatCompletionChunk.model_validate(json.loads(shape.chunk(None, usage=body["usage"])[6:]))
     assert usage.choices == [] and usage.usage is not None and usage.usage.total_tokens == 8
+
+
+def test_chat_extras_are_checked_against_the_generation_limits() -> None:
+    from mmrag.serve.answer import ExtraError, chat_extras
+
+    ok = chat_extras(
+        {"top_k": 5, "repetition_penalty": 1.1, "logit_bias": {}}, allow_ignore_eos=False, max_min_tokens=0
+    )
+    assert ok == {"top_k": 5, "repetition_penalty": 1.1}, "only the pass-through fields, unchanged"
+    assert chat_extras({"ignore_eos": False}, allow_ignore_eos=False, max_min_tokens=0) == {"ignore_eos": False}
+    assert chat_extras({"ignore_eos": True, "min_tokens": 4}, allow_ignore_eos=True, max_min_tokens=8) == {
+        "ignore_eos": True,
+        "min_tokens": 4,
+    }
+    for extra, field in (
+        ({"ignore_eos": True}, "ignore_eos"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+        ({"min_tokens": 9}, "min_tokens"),
+        ({"min_tokens": True}, "min_tokens"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"presence_penalty": float("nan")}, "presence_penalty"),
+        ({"frequency_penalty": "1"}, "frequency_penalty"),
+    ):
+        with pytest.raises(ExtraError) as e:
+            chat_extras(extra, allow_ignore_eos=False, max_min_tokens=8 if "min_tokens" in extra else 0)
+        assert e.value.field == field

@@ -21,7 +21,16 @@ def client() -> TestClient:
     async def search(req: SearchRequest) -> dict:
         return {"ok": req.query}
 
-    return TestClient(app)
+    @app.get("/boom/{kind}")
+    async def boom(kind: str) -> dict:
+        from ray.exceptions import ActorDiedError
+        from ray.serve.exceptions import BackPressureError
+
+        raise {"busy": BackPressureError(num_queued_requests=9, max_queued_requests=8), "dead": ActorDiedError()}.get(
+            kind, RuntimeError("secret internals")
+        )
+
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def _err(r) -> dict:
@@ -150,3 +159,13 @@ def test_body_limit_stops_reading_at_the_limit() -> None:
     asyncio.run(BodyLimit(app, max_bytes=10_000)(scope, receive, send))
     assert len(pulled) == 11  # 11 x 1000 bytes passes 10,000; nothing more is read
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
+
+
+def test_unexpected_errors_are_json_too(client: TestClient) -> None:
+    busy = client.get("/boom/busy")
+    assert busy.status_code == 503 and _err(busy)["code"] == "overloaded" and busy.headers["retry-after"] == "1"
+    dead = client.get("/boom/dead")
+    assert dead.status_code == 503 and _err(dead)["code"] == "unavailable"
+    other = client.get("/boom/other")
+    assert other.status_code == 500 and _err(other)["code"] == "internal_error"
+    assert "secret internals" not in other.text
