@@ -306,6 +306,7 @@ def ingest(
         _store_errors(store, collection, d, [err], run_id)
     t0 = time.perf_counter()
     store.refresh_text_index()
+    store.refresh_scalar_indexes()
     store.refresh_vector_index(cfg.store.text_ann_min_rows)
     stage_s["index"] = time.perf_counter() - t0
     if calibrate and summary.documents:

@@ -130,3 +130,31 @@ def test_get_items_fetches_visible_rows_in_one_call(store: LanceStore) -> None:
     got = store.get_items([ids[2], ids[0], ids[0], "f" * 32], ["page", "text"])
     assert set(got) == {ids[0], ids[2]}
     assert got[ids[2]] == {"id": ids[2], "page": 3, "text": "page 2"}
+
+
+def test_scalar_indexes_serve_lookups_and_new_rows_are_still_found(store: LanceStore) -> None:
+    store.add_items(_rows("c", "/a.pdf", "h1", 3))
+    _finish(store, "c", "/a.pdf", "h1", 3)
+    store.refresh_scalar_indexes()
+    kinds = {tuple(i["columns"]): i["type"] for i in store.indexes()}
+    assert kinds == {("id",): "BTree", ("doc_id",): "BTree", ("collection",): "Bitmap"}
+    ids = [S.item_id("c", "/a.pdf", "h1", "page", i) for i in range(3)]
+    assert store.get_item(ids[1], ["page"]) == {"page": 2}
+    # rows written after the build are scanned until the next one, never missed
+    store.add_items(_rows("d", "/b.pdf", "h2", 2))
+    _finish(store, "d", "/b.pdf", "h2", 2)
+    new = S.item_id("d", "/b.pdf", "h2", "page", 1)
+    assert store.get_item(new, ["collection"]) == {"collection": "d"}
+    store.refresh_scalar_indexes()  # rebuilt in place
+    assert len(store.indexes()) == 3 and store.get_item(new, ["page"]) == {"page": 2}
+
+
+def test_table_listing_is_remembered_once_a_table_exists(store: LanceStore, monkeypatch) -> None:
+    assert store.has_items()
+    calls = []
+    real = store._db.table_names
+    monkeypatch.setattr(store._db, "table_names", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(5):
+        assert store.has_items() and store.has_table(S.DOCUMENTS)
+    assert calls == [], "no LIST per call for tables already seen"
+    assert not store.has_table("nope") and calls == [1], "an unknown one is looked up"
