@@ -393,15 +393,25 @@ def test_security_scan_of_the_dockerfiles_is_clean() -> None:
     assert not failed, f"checkov findings in deploy/docker: {failed}"
 
 
-def test_only_the_api_port_is_open_to_all_and_it_needs_keys() -> None:
-    """The NetworkPolicy lets anyone reach the serve port only; metrics only from the monitoring namespace, the
-    dashboard from Ray pods; and the ConfigMap makes the API need keys, the admin one from the Secret."""
+def test_each_port_is_open_only_to_who_needs_it_and_the_api_needs_keys() -> None:
+    """The NetworkPolicy: the serve port from the ingress controller, the dashboard from the KubeRay operator and
+    the ingestion job's submitter, metrics from the monitoring namespace; the ConfigMap makes the API need keys, the
+    admin one from the Secret."""
     pol = yaml.safe_load((ROOT / "k8s" / "base" / "networkpolicy.yaml").read_text())
-    open_ports = {p["port"] for r in pol["spec"]["ingress"] if "from" not in r for p in r.get("ports", [])}
-    assert open_ports == {8000}
-    metrics = [r for r in pol["spec"]["ingress"] if any(p["port"] == 8080 for p in r.get("ports", []))]
-    assert metrics and all(r["from"] and "namespaceSelector" in r["from"][0] for r in metrics)
-    assert not any(p["port"] == 8265 for r in pol["spec"]["ingress"] for p in r.get("ports", []))
+    rules = pol["spec"]["ingress"]
+    assert all(r.get("from") for r in rules), "no port is open to every pod of the cluster"
+
+    def sources(port: int) -> list[dict]:
+        return [src for r in rules if any(p["port"] == port for p in r.get("ports", [])) for src in r["from"]]
+
+    assert sources(8000) == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    assert sources(8080) == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    dash = sources(8265)
+    assert any(s.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "kuberay-operator"
+               for s in dash)  # fmt: skip
+    submitter = yaml.safe_load((ROOT / "k8s" / "base" / "rayjob-ingest.yaml").read_text())
+    label = submitter["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert {"podSelector": {"matchLabels": label}} in dash, "the ingestion job's submitter reaches the job API"
     cm = yaml.safe_load((ROOT / "k8s" / "base" / "configmap.yaml").read_text())
     assert cm["data"]["MMRAG_SERVER__AUTH"] == "required"
     secret = yaml.safe_load((ROOT / "k8s" / "base" / "secret.example.yaml").read_text())
