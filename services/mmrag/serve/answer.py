@@ -97,6 +97,36 @@ def chat_question(messages: Sequence[Any]) -> str:
     return text
 
 
+#: A follow-up this short ("and on page 5?") is searched together with the question before it.
+FOLLOW_UP_WORDS = 8
+
+
+def chat_history(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """The user and assistant turns before the last user message, as ``{"role", "content"}`` text (system and tool
+    messages are left out: the system prompt is mmrag's)."""
+    last = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    out = []
+    for m in messages[:last]:
+        if m.role in ("user", "assistant"):
+            text = message_text(m.content)
+            if text.strip():
+                out.append({"role": m.role, "content": text})
+    return out
+
+
+def search_query(messages: Sequence[Any]) -> str:
+    """What a chat's retrieval searches for: the last user message, with the one before it when the last is a
+    short follow-up whose subject is in the earlier turn."""
+    users = [message_text(m.content) for m in messages if m.role == "user"]
+    users = [u for u in users if u.strip()]
+    if not users:
+        raise ValueError("messages: there is no user message to answer")
+    last = users[-1]
+    if len(users) > 1 and len(last.split()) < FOLLOW_UP_WORDS:
+        return f"{users[-2]} {last}"
+    return last
+
+
 class ChatShape:
     """OpenAI ``chat.completion`` / ``chat.completion.chunk`` objects for one response."""
 

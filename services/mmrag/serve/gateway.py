@@ -256,7 +256,7 @@ class Gateway:
         return hits[: req.k], out["mode"], collection, timings
 
     def _build_prompt(
-        self, query: str, hits: list[dict[str, Any]], max_tokens: int
+        self, query: str, hits: list[dict[str, Any]], max_tokens: int, history: list[dict[str, str]] | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         """(chat messages, how many hits made it in). Hits carry a snippet: the sources' whole text, and the
         prompt-ready images of the first ``max_images_per_prompt``, come from the cache or one store call."""
@@ -265,7 +265,7 @@ class Gateway:
         sources = self.sources.get(hits)
         contexts = [{**h, "image": None, **sources.get(h["id"], {})} for h in hits]
         try:
-            return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens)
+            return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens, history=history or ())
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
 
@@ -301,6 +301,8 @@ class Gateway:
         rerank_weight: float | None = None,
         weights: dict[str, float] | None = None,
         fusion: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        search_for: str | None = None,
     ) -> dict[str, Any]:
         """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``."""
         if self.generator is None:
@@ -312,7 +314,7 @@ class Gateway:
         t0 = time.perf_counter()
         max_tokens = self._max_tokens(max_tokens)
         sreq = SearchRequest(
-            query=query,
+            query=search_for or query,
             k=k or self.cfg.generator.contexts,
             collection=collection,
             mode=mode,
@@ -325,9 +327,9 @@ class Gateway:
         hits, mode, collection, st = await self.run_search(sreq)
         t1 = time.perf_counter()
         if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
-            messages, n_used = self._build_prompt(query, hits, max_tokens)
+            messages, n_used = self._build_prompt(query, hits, max_tokens, history)
         else:
-            messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens)
+            messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens, history)
         timings = {
             "retrieve": st["retrieve"],
             "rerank": st.get("rerank", 0.0),
@@ -489,6 +491,8 @@ class Gateway:
             )
         try:
             query = A.chat_question(req.messages)
+            history = A.chat_history(req.messages)
+            search_for = A.search_query(req.messages)
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "messages") from e
         opts = req.mmrag
@@ -500,6 +504,8 @@ class Gateway:
             filters=opts.filters if opts else None,
             rerank=opts.rerank if opts else None,
             max_tokens=req.max_completion_tokens or req.max_tokens,
+            history=history,
+            search_for=search_for,
         )
         g = self.cfg.generator
         try:

@@ -270,7 +270,9 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(BaseModel):
     """POST /v1/chat/completions: the OpenAI request. The last user message is the question: mmrag retrieves for
-    it and answers it from the retrieved sources (earlier turns are not sent to the model). Unknown OpenAI fields
+    it (with the user message before it when it is a short follow-up) and answers it from the retrieved sources;
+    earlier user and assistant turns go to the model as chat turns, the most recent first, within a quarter of the
+    prompt budget (system messages are not: the system prompt is mmrag's). Unknown OpenAI fields
     are ignored, as vLLM's server does; ``ignore_eos``, ``min_tokens``, ``top_k`` and the penalties are passed
     to vLLM."""
 

@@ -141,3 +141,31 @@ def test_chat_extras_are_checked_against_the_generation_limits() -> None:
         with pytest.raises(ExtraError) as e:
             chat_extras(extra, allow_ignore_eos=False, max_min_tokens=8 if "min_tokens" in extra else 0)
         assert e.value.field == field
+
+
+def test_chat_history_and_the_follow_up_search() -> None:
+    from mmrag.serve.answer import chat_history, search_query
+    from mmrag.serve.schemas import ChatRequest
+
+    req = ChatRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "What does the coin package test for independence?"},
+                {"role": "assistant", "content": "Permutation tests [1]."},
+                {"role": "user", "content": [{"type": "text", "text": "and for survival data?"}]},
+            ]
+        }
+    )
+    assert chat_history(req.messages) == [
+        {"role": "user", "content": "What does the coin package test for independence?"},
+        {"role": "assistant", "content": "Permutation tests [1]."},
+    ]
+    assert search_query(req.messages) == ("What does the coin package test for independence? and for survival data?"), (
+        "a short follow-up is searched with the question it follows"
+    )
+    alone = ChatRequest.model_validate(
+        {"messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "a full question of its own"
+                                                              " about permutation tests in coin"}]}
+    )  # fmt: skip
+    assert search_query(alone.messages) == "a full question of its own about permutation tests in coin"
