@@ -82,7 +82,9 @@ def test_open_loop_arrivals_do_not_wait_for_slow_responses(fresh_server, tmp_pat
     assert [r["t_sched"] for r in recs] == [round(x, 6) for x in expected]
     assert run["requests"] == run["ok"] == len(expected)
     assert srv.stats.max_in_flight >= 15  # ~30 outstanding at once: nobody waited for an answer
-    assert run["schedule_lag_ms"]["p50"] < 20 and run["schedule_lag_ms"]["max"] < 150
+    # no arrival waited for an answer (each takes 300 ms): the lag stays under one response time even on a busy
+    # machine (a 20 ms bound on the median failed in a CI run at 85 ms: the VM, not the engine)
+    assert run["schedule_lag_ms"]["p50"] < 150 and run["schedule_lag_ms"]["max"] < 290
     assert run["latency_ms"]["p50"] >= 299
     assert run["dropped_over_cap"] == 0
 
