@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -30,13 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.search_http import _free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _p(values: list[float], q: float) -> float | None:

@@ -557,7 +557,8 @@ class AdmissionConfig(_Strict):
     search_slo_ms: float = Field(
         default=1000.0,
         gt=0,
-        description="Latency SLO of /v1/search: the in-flight limit is the measured capacity times this.",
+        description="Latency SLO of /v1/search: the in-flight limit is the measured capacity times half of this "
+        "(the queue's share; the tail gets the rest).",
     )
     generate_slo_ms: float = Field(
         default=30_000.0,
