@@ -82,9 +82,11 @@ def test_open_loop_arrivals_do_not_wait_for_slow_responses(fresh_server, tmp_pat
     assert [r["t_sched"] for r in recs] == [round(x, 6) for x in expected]
     assert run["requests"] == run["ok"] == len(expected)
     assert srv.stats.max_in_flight >= 15  # ~30 outstanding at once: nobody waited for an answer
-    # no arrival waited for an answer (each takes 300 ms): the lag stays under one response time even on a busy
-    # machine (a 20 ms bound on the median failed in a CI run at 85 ms: the VM, not the engine)
-    assert run["schedule_lag_ms"]["p50"] < 150 and run["schedule_lag_ms"]["max"] < 290
+    # No arrival waited for an answer. Had they (a closed loop of 15 workers drains 50/s), the 100th arrival would
+    # start ~1 s late; open-loop lag is only what the VM's scheduler adds. A bound of one response time on the max
+    # failed once in CI (a 583 ms stall of the whole VM), so the max is bounded below the closed-loop lag instead.
+    lag = run["schedule_lag_ms"]
+    assert lag["p50"] < 150 and lag["max"] < 800
     assert run["latency_ms"]["p50"] >= 299
     assert run["dropped_over_cap"] == 0
 
