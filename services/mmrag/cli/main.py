@@ -20,6 +20,7 @@ from rich.console import Console
 from mmrag import __version__
 from mmrag.bench.cli import bench_app  # load, selftest, ingest, retrieval (issue #7); light to import
 from mmrag.cli.keys import keys_app
+from mmrag.cli.store import store_app
 from mmrag.config import ConfigError, MmragConfig, load_config
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(store_app, name="store")
 
 console = Console(stderr=True)
 
@@ -325,18 +327,27 @@ def delete(
     collection: CollectionOpt = None,
     profile: ProfileOpt = None,
 ) -> None:
-    """Delete documents (all their pages/clips, their record and errors) from a collection."""
+    """Delete documents (all their pages/clips, their record and errors) from a collection. Takes the store's writer
+    lease: refused while an ingestion writes the store."""
     from mmrag.store import LanceStore
+    from mmrag.store.lease import LeaseHeldError, WriterLease
 
     cfg = _with_db(profile, db)
     store = LanceStore.from_config(cfg.store)
     coll = collection or cfg.store.default_collection
     missing = 0
-    for src in sources:
-        uri = src if "://" in src else str(Path(src).expanduser().resolve())
-        n = store.delete_document(coll, uri)
-        typer.echo(f"deleted {uri}: {n} items" if n else f"not in collection {coll}: {uri}")
-        missing += 0 if n else 1
+    try:
+        lease = WriterLease.from_config(store, cfg.store.writer, purpose="mmrag delete").acquire()
+    except LeaseHeldError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from e
+    with lease:
+        for src in sources:
+            uri = src if "://" in src else str(Path(src).expanduser().resolve())
+            lease.ensure_held()
+            n = store.delete_document(coll, uri)
+            typer.echo(f"deleted {uri}: {n} items" if n else f"not in collection {coll}: {uri}")
+            missing += 0 if n else 1
     if missing:
         raise typer.Exit(1)
 

@@ -481,6 +481,100 @@ class LanceStore:
         log.info("vector index on %s %s over %d rows", S.TEXT_VECTOR, "rebuilt" if index else "built", n)
         return "rebuilt" if index is not None else "built"
 
+    # ------------------------------------------------------------------------------ upkeep
+    def optimize(
+        self,
+        *,
+        keep_versions_s: float = 3600.0,
+        refresh_indexes: bool = True,
+        text_ann_min_rows: int = 0,
+        lease: Any = None,
+    ) -> dict[str, Any]:
+        """Store upkeep: refresh the items table's indexes, then per table compact small fragments (and rows deleted
+        in them), fold new rows into existing indexes, and remove old versions. The caller holds the writer lease
+        (``lease``; its renewals pause while the lease's own table is compacted, else the two commits collide).
+
+        A version is removed only once it has been superseded for more than ``keep_versions_s`` (Lance's own cutoff
+        counts from a version's creation, which would remove the version every reader is on when an idle store is
+        compacted): a query still running on the version that was current up to that long ago keeps its files. A
+        reader that pins a version for longer (``store.read_consistency_s: null`` and never reopened) fails on its
+        next read after an optimize removes that version; it must reopen the store.
+
+        Returns per table ``fragments``, ``versions`` and ``rows`` as [before, after] (or ``error``), and seconds."""
+        import contextlib
+        import time
+
+        t0 = time.perf_counter()
+        names = sorted(self._names())
+        start: dict[str, tuple[dict[str, int], float]] = {}  # shape, and when its current version was made
+        for name in names:
+            tbl = self._db.open_table(name)
+            start[name] = (_shape(tbl), _created(tbl.list_versions())[-1])
+        if refresh_indexes:
+            self.refresh_scalar_indexes()
+            self.refresh_text_index()
+            self.refresh_vector_index(text_ann_min_rows)
+        tables: dict[str, Any] = {}
+        for name in names:
+            tbl = self._db.open_table(name)
+            before, current = start[name]
+            if before["fragments"] <= 1 and before["versions"] <= 1 and _shape(tbl) == before:
+                tables[name] = {k: [v, v] for k, v in before.items()}
+                continue
+            pause = lease.paused() if lease is not None and name == lease.table_name else contextlib.nullcontext()
+            try:
+                with pause:
+                    # compaction and index folding first, keeping every version: Lance reads the clock for its
+                    # cleanup only after compacting, which may take minutes on a big table; the second call has
+                    # nothing left to compact, so the cutoff computed just before it is what Lance applies
+                    tbl.optimize(cleanup_older_than=_KEEP_ALL, delete_unverified=False)
+                    older = _cleanup_cutoff(tbl.list_versions(), keep_versions_s, current)
+                    tbl.optimize(cleanup_older_than=older, delete_unverified=False)
+            except Exception as e:  # e.g. a concurrent writer outside the lease (mmrag keys): the next run retries
+                log.warning("optimizing table %s of %s failed", name, self.uri, exc_info=True)
+                tables[name] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            tbl.checkout_latest()
+            after = _shape(tbl)
+            tables[name] = {k: [before[k], after[k]] for k in before}
+        self._tables.clear()
+        return {"uri": self.uri, "tables": tables, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+#: A cleanup cutoff that removes nothing (a century).
+_KEEP_ALL = dt.timedelta(days=36500)
+#: Extra age a version must have before cleanup removes it: the time between computing the cutoff and Lance
+#: reading its clock (it has only a no-op compaction to do in between).
+CLOCK_MARGIN_S = 5.0
+
+
+def _shape(tbl: Any) -> dict[str, int]:
+    st = tbl.stats()
+    return {
+        "fragments": int(st["fragment_stats"]["num_fragments"]),
+        "versions": len(tbl.list_versions()),
+        "rows": int(st["num_rows"]),
+    }
+
+
+def _created(versions: list[dict[str, Any]]) -> list[float]:
+    """Creation times of a table's versions (epoch s), oldest first. ``list_versions`` gives naive local datetimes
+    (``datetime.fromtimestamp``), which ``.timestamp()`` reads back as local."""
+    return [v["timestamp"].timestamp() for v in sorted(versions, key=lambda v: v["version"])]
+
+
+def _cleanup_cutoff(versions: list[dict[str, Any]], keep_s: float, current: float | None = None) -> dt.timedelta:
+    """``cleanup_older_than`` that keeps every version current at some moment of the last ``keep_s`` seconds (the
+    newest version created before that window, the one current when it began, and all after it) and the version
+    made at ``current`` (the one current when the optimize began) onwards. Lance removes versions created before
+    now - cutoff; ``CLOCK_MARGIN_S`` covers the time until it reads its clock."""
+    import time
+
+    now = time.time()
+    before = [t for t in _created(versions) if t < now - keep_s]
+    keep_from = min(before[-1] if before else now - keep_s, now if current is None else current)
+    return dt.timedelta(seconds=max(now - keep_from + CLOCK_MARGIN_S, CLOCK_MARGIN_S, 0.001))
+
 
 def _sub_vectors(dim: int) -> int:
     """PQ sub-vectors: 8 dimensions each where that divides ``dim`` (384 -> 48), else the largest divisor <= dim/8."""
