@@ -21,7 +21,10 @@ ENV_LOG_LEVEL = "MMRAG_LOG_LEVEL"
 #: Set to "0" to leave the torchvision/torchaudio compatibility shim off (see mmrag.compat).
 ENV_TORCH_COMPAT = "MMRAG_TORCH_COMPAT"
 
-RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT})
+#: Process-level knobs of the HAProxy template patch (:mod:`mmrag.compat.ray_haproxy`), read where HAProxy's config is
+#: rendered, not config-tree settings.
+ENV_HAPROXY = ("MMRAG_HAPROXY_ADMIN_HOST", "MMRAG_HAPROXY_QUEUE_MS", "MMRAG_HAPROXY_ADMISSION")
+RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT, *ENV_HAPROXY})
 
 DEFAULT_PROFILE = "local-cpu"
 

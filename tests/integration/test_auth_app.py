@@ -270,3 +270,26 @@ def test_generated_tokens_per_minute_are_counted_across_replicas(tenants) -> Non
         assert r.status_code == 429 and "generated tokens per minute" in r.json()["error"]["message"]
         assert 1 <= int(r.headers["retry-after"]) <= 60
     assert _search(t, t["tokens"], query="coin", collection="docs").status_code == 200
+
+
+def test_gateway_replicas_hand_their_admission_limits_to_haproxy(tenants) -> None:
+    """Each replica's server in HAProxy's search and generation backends gets its gate's limit as maxconn (64
+    until a saturated second is measured), so that HAProxy refuses the overflow instead of Python."""
+    import ray
+
+    from mmrag.serve.proxy_limits import runtime_command, socket_path
+
+    sock = socket_path(ray.get_runtime_context().get_node_id())
+    deadline = time.time() + 10
+    rows: list[list[str]] = []
+    while time.time() < deadline:
+        stat = runtime_command(sock, "show stat").lstrip("# ").splitlines()
+        head = stat[0].split(",")
+        px, sv, slim = head.index("pxname"), head.index("svname"), head.index("slim")
+        rows = [r.split(",") for r in stat[1:] if "-mmrag-" in r and "SERVE_REPLICA" in r]
+        gateways = [r for r in rows if "Gateway" in r[sv]]
+        if len(gateways) == 4 and all(r[slim] == "64" for r in gateways):
+            break
+        time.sleep(0.5)
+    assert {(r[px].rsplit("-mmrag-", 1)[1], r[slim]) for r in rows} == {("search", "64"), ("generate", "64")}, rows
+    assert len({r[sv] for r in rows}) == 2, "both gateway replicas"

@@ -98,6 +98,13 @@ class Gateway:
         # One quota book per store (keys live in the store), shared by every gateway replica of the app.
         self.quotas = Quotas(f"mmrag-quota-{hashlib.sha256(str(self.cfg.store.uri).encode()).hexdigest()[:12]}")
         self.gates = gates(srv.admission)
+        if srv.ingress == "haproxy":
+            from mmrag.serve.proxy_limits import ProxyLimits
+
+            # HAProxy refuses over the gates' limits itself (cheap); the gates keep measuring and adapting them
+            self.proxy_limits = ProxyLimits.for_this_replica(self.gates)
+            if self.proxy_limits is not None:
+                self.proxy_limits.start()
         access.install(
             Authenticator.from_config(srv, store),
             audit=srv.audit_log,
