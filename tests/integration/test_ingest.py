@@ -107,8 +107,12 @@ def test_ingest_counts_idempotence_and_errors(ray_local, corpus: dict[str, Path]
     assert all(r["start_s"] <= t <= r["end_s"] + 1e-6 for r in clips for t in r["frame_ts"])
     assert len(store.errors("docs")) >= len(bad)
 
+    items = summary.optimize["tables"][S.ITEMS]  # store upkeep ran after the run, under its lease
+    assert items["fragments"][1] <= items["fragments"][0] and items["rows"][1] == store.count_items(visible_only=False)
+
     again = ingest([str(p) for p in good], cfg, collection="docs")
     assert again.skipped == len(good) and again.files == 0
+    assert again.optimize is None  # nothing written, nothing to tidy
     assert store.count_items("docs") == n
 
     # a changed file replaces its rows: same path, different content (the truncated PDF)
@@ -130,6 +134,9 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
         "MMRAG_INGEST__OCR": "never",
         "MMRAG_CALIBRATION__ENABLED": "false",  # calibration is tested in test_serve_app
         "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address,
+        # the killed run's writer lease then blocks the store for 20 s instead of a minute
+        "MMRAG_STORE__WRITER__LEASE_TTL_S": "20",
+        "MMRAG_STORE__WRITER__LEASE_RENEW_S": "5",
     }
     cmd = [sys.executable, "-m", "mmrag.cli.main", "ingest", str(corpus["pdf"]), str(corpus["video"]), "--json"]
     # kill -9 the first run as soon as rows are being written. It OCRs every page (~1 s each) so that rows
@@ -146,8 +153,19 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
     assert proc.poll() is None, "the first run finished before it could be killed mid-write"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    killed_at = time.monotonic()
     expected = 11 + _expected_clips(corpus["video"], cfg.ingest.clip_seconds)
     assert store.count_items() < expected, "the killed run should not have published everything"
+
+    # its lease still runs: a second writer is refused, naming it, and neither writes nor deletes anything
+    before = (store.count_items(), store.count_items(visible_only=False))
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    said = " ".join(refused.stderr.split())  # rich wraps long lines
+    assert f"pid {proc.pid}/ingest" in said and "another writer" in said and "until" in said, said[-3000:]
+    assert refused.stdout == ""
+    assert (store.count_items(), store.count_items(visible_only=False)) == before
+    time.sleep(max(0.0, killed_at + 20.5 - time.monotonic()))  # then it expires and the next run may write
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -158,6 +176,12 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
     assert store.count_items() == expected
     assert len(rows) == expected, "invisible leftovers of the killed run remain"
     assert len({r["id"] for r in rows}) == expected
+    optimized = subprocess.run(
+        [sys.executable, "-m", "mmrag.cli.main", "store", "optimize", "--json"], env=env, capture_output=True, text=True
+    )
+    assert optimized.returncode == 0, optimized.stderr[-3000:]
+    items = json.loads(optimized.stdout)["tables"][S.ITEMS]
+    assert items["fragments"][1] <= items["fragments"][0] and LanceStore(cfg.store.uri).count_items() == expected
 
     stats = subprocess.run(
         [sys.executable, "-m", "mmrag.cli.main", "stats", "--json"], env=env, capture_output=True, text=True

@@ -5,9 +5,12 @@
     ReadStage          render pages / load images / sample clip frames (+ OCR), CPU tasks
     EmbedStage         ColPali-family encoder actors (GPU actors in the gpu profile)
     write (driver)     append rows invisible, publish each document once all its rows arrived
+    upkeep (driver)    refresh indexes, then compact and drop old versions (``store.writer.optimize_after_ingest``)
 
 The same code runs on a laptop (local Ray) and a cluster (``RAY_ADDRESS``); the store URI must be
-reachable from the driver. See :mod:`mmrag.store.lance_store` for why a kill at any point is safe.
+reachable from the driver. See :mod:`mmrag.store.lance_store` for why a kill at any point is safe. A run holds
+the store's writer lease throughout (:mod:`mmrag.store.lease`): a second run on the same store is refused
+before it writes anything, since each would delete the other's unpublished rows.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mmrag.ingest import readers, sources
 from mmrag.runtime import init_ray
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
+from mmrag.store.lease import WriterLease
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,9 @@ class IngestSummary:
     calibration: dict[str, Any] | None = None
     """The collection's new calibration when this run changed it enough to redo it (see mmrag.calibration), or
     ``{"error": ...}`` if calibrating failed (the ingested documents are kept either way)."""
+    optimize: dict[str, Any] | None = None
+    """What the store upkeep after the run did (:meth:`LanceStore.optimize`), or ``{"error": ...}``; None when it
+    was off or the run wrote nothing."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,16 +154,43 @@ def ingest(
     calibrate: bool = True,
 ) -> IngestSummary:
     """Ingest files, directories, globs or object-store URIs into the configured store, then re-calibrate the
-    collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it)."""
-    import ray
+    collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it).
 
-    from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
-
+    Raises :class:`mmrag.store.lease.LeaseHeldError` (a ValueError) without writing anything when another writer
+    holds the store."""
     t_start = time.perf_counter()
     collection = collection or cfg.store.default_collection
     S.validate_collection(collection)
     store = store or LanceStore.from_config(cfg.store)
     summary = IngestSummary(collection=collection, store=store.uri)
+    with WriterLease.from_config(store, cfg.store.writer, purpose=f"ingest into {collection}") as lease:
+        wrote = _ingest(inputs, cfg, collection, store, summary, lease, progress)
+        if wrote and cfg.store.writer.optimize_after_ingest:
+            t0 = time.perf_counter()
+            summary.optimize = _optimize(store, cfg, lease)
+            summary.stage_seconds["optimize"] = time.perf_counter() - t0
+    if calibrate and summary.documents:
+        t0 = time.perf_counter()
+        summary.calibration = _calibrate(cfg, collection)
+        summary.stage_seconds["calibrate"] = time.perf_counter() - t0
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _ingest(
+    inputs: list[str],
+    cfg: MmragConfig,
+    collection: str,
+    store: LanceStore,
+    summary: IngestSummary,
+    lease: WriterLease,
+    progress: ProgressFn | None,
+) -> bool:
+    """The run itself, under the writer lease; fills ``summary`` and returns whether it wrote anything."""
+    import ray
+
+    from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
+
     run_id = uuid.uuid4().hex[:12]
     dim = cfg.models.retriever.dim
     text_dim = cfg.models.text.dim if cfg.models.text is not None else None
@@ -188,9 +222,8 @@ def ingest(
     if progress:
         progress(counts)
     if not tasks:
-        summary.seconds = time.perf_counter() - t_start
         summary.stage_seconds = stage_s
-        return summary
+        return bool(plan_errors)
 
     init_ray(cfg.server)
     from ray.data import DataContext
@@ -248,6 +281,7 @@ def ingest(
 
     def flush() -> None:
         if buffered:
+            lease.ensure_held()
             store.add_items(pa.concat_tables(buffered))
             buffered.clear()
 
@@ -290,6 +324,7 @@ def ingest(
         if finished or sum(t.num_rows for t in buffered) >= WRITE_ROWS:
             flush()
         if finished:
+            lease.ensure_held()  # a writer that lost its lease publishes nothing more
             store.finish_documents([_finished(collection, d, cfg) for d in finished])
             for d in finished:
                 counts["files"] += 1
@@ -309,15 +344,20 @@ def ingest(
     store.refresh_scalar_indexes()
     store.refresh_vector_index(cfg.store.text_ann_min_rows)
     stage_s["index"] = time.perf_counter() - t0
-    if calibrate and summary.documents:
-        t0 = time.perf_counter()
-        summary.calibration = _calibrate(cfg, collection)
-        stage_s["calibrate"] = time.perf_counter() - t0
     summary.files = counts["files"]
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
-    summary.seconds = time.perf_counter() - t_start
     summary.stage_seconds = stage_s
-    return summary
+    return True
+
+
+def _optimize(store: LanceStore, cfg: MmragConfig, lease: WriterLease) -> dict[str, Any]:
+    """Store upkeep after a run that wrote; the run has just refreshed the indexes, so they are only folded."""
+    try:
+        lease.ensure_held()
+        return store.optimize(keep_versions_s=cfg.store.writer.keep_versions_s, refresh_indexes=False, lease=lease)
+    except Exception as e:  # the documents are in; a failed upkeep is redone by the next run or mmrag store optimize
+        log.exception("optimizing the store %s after ingestion failed", store.uri)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _calibrate(cfg: MmragConfig, collection: str) -> dict[str, Any] | None:
