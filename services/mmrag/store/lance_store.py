@@ -496,9 +496,10 @@ class LanceStore:
 
         A version is removed only once it has been superseded for more than ``keep_versions_s`` (Lance's own cutoff
         counts from a version's creation, which would remove the version every reader is on when an idle store is
-        compacted): a query still running on the version that was current up to that long ago keeps its files. A
-        reader that pins a version for longer (``store.read_consistency_s: null`` and never reopened) fails on its
-        next read after an optimize removes that version; it must reopen the store.
+        compacted), and the version current when this call began is always kept: a query still running on a version
+        that was current up to that long ago keeps its files. A reader that pins an older version for longer
+        (``store.read_consistency_s: null`` and never reopened) fails on its next read after an optimize removes
+        that version; it must reopen the store.
 
         Returns per table ``fragments``, ``versions`` and ``rows`` as [before, after] (or ``error``), and seconds."""
         import contextlib
