@@ -15,7 +15,7 @@ Admission in HAProxy: refusing an overload request in the gateway costs ~1 ms of
 several times the capacity is more CPU than the searches themselves get. So the template also gets, for every app
 backend, one backend per admission group (``<backend>-mmrag-search`` for ``/v1/search``, ``<backend>-mmrag-generate``
 for ``/v1/answer`` and ``/v1/chat/completions``) with the same servers (``track``-ed, so health checks are not
-doubled), a short ``timeout queue`` (``MMRAG_HAPROXY_QUEUE_MS``, default 20 ms) and a 503 error file that is the
+doubled), a short ``timeout queue`` (``MMRAG_HAPROXY_QUEUE_MS``, default 10 ms) and a 503 error file that is the
 gateway's own ``overloaded`` JSON with ``Retry-After``. A gateway replica sets its server's ``maxconn`` in those
 backends to its admission gate's limit through HAProxy's runtime API (:mod:`mmrag.serve.proxy_limits`); until it
 does, ``maxconn`` is 0 (unlimited) and the gateway's gate refuses in Python as before. A request over the limit then
@@ -58,9 +58,9 @@ ROUTER_BLOCK = (
 
 def queue_ms() -> int:
     try:
-        return max(1, int(os.environ.get("MMRAG_HAPROXY_QUEUE_MS", "20")))
+        return max(1, int(os.environ.get("MMRAG_HAPROXY_QUEUE_MS", "10")))
     except ValueError:
-        return 20
+        return 10
 
 
 def overloaded_response() -> bytes:
@@ -79,8 +79,7 @@ def overloaded_response() -> bytes:
         "Content-Type: application/json\r\n"
         "Retry-After: 1\r\n"
         "Cache-Control: no-store\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 

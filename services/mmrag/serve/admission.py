@@ -5,11 +5,12 @@ enters if fewer than ``limit`` requests of its group are in flight on the replic
 ``overloaded`` with ``Retry-After`` before any work is done (well under a millisecond).
 
 The limit follows Little's law: the requests a replica may hold is the rate at which it drains them times the
-time they may spend (``L = λ·W``), with ``W`` half the latency SLO: a request admitted behind ``limit`` others
-waits about ``limit / λ`` = SLO/2 on average, which leaves the other half for the tail. ``λ`` is
+time they may spend (``L = λ·W``), with ``W`` 0.4 of the latency SLO: a request admitted behind ``limit`` others
+waits about ``limit / λ`` = 0.4 SLO on average, which leaves the rest for the tail (at half, the admitted p99 at 4x
+capacity was 974 ms of a 1 s SLO: no margin for the capacity's own wobble). ``λ`` is
 measured, not configured: each window (1 s) the gate counts completions, and when the window shows the replica was
 saturated (it refused requests, or its in-flight count reached the limit) that window's completion rate updates a
-moving estimate of its capacity, and ``limit = ceil(capacity × SLO × 0.5)``. If the admitted requests' p90 latency still
+moving estimate of its capacity, and ``limit = ceil(capacity × SLO × 0.4)``. If the admitted requests' p90 latency still
 overran the SLO (the capacity behind the gateway fell), the limit is cut by a fifth at once. Until the first
 saturated window the limit is ``admission.initial_inflight``. With ``admission.max_inflight`` set the limit is that
 number and nothing adapts.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 WINDOW_S = 1.0
 EWMA = 0.5
 #: The share of the SLO that queueing may take on average (Little's law's W); the rest is for the tail.
-QUEUE_SHARE = 0.5
+QUEUE_SHARE = 0.4
 
 
 class Gate:

@@ -96,7 +96,7 @@ def test_admission_backends_render_into_a_config_haproxy_accepts(tmp_path) -> No
         assert cfg.index(search) < cfg.index(plain + "\n")
         for group in ("search", "generate"):
             block = cfg.split(f"backend http-app{i}-mmrag-{group}\n", 1)[1].split("\nbackend ", 1)[0]
-            assert "timeout queue 20ms" in block
+            assert "timeout queue 10ms" in block
             assert "errorfile 503 " in block
             # the same servers, tracking the app backend's health checks instead of checking again
             for s in ("SERVE_REPLICA_app-Gateway-a", "SERVE_REPLICA_app-Gateway-b"):
