@@ -183,7 +183,8 @@ def bare_once(client: Any, url: str, messages: list[dict[str, Any]], max_tokens:
 
 def gateway_messages(cfg: Any, store: Any, client: Any, url: str, query: str, collection: str, max_tokens: int) -> list:
     """The messages the gateway builds for ``query``: same search request, same images, same prompt builder."""
-    from mmrag.serve.generator import build_prompt_sources, is_vision_model
+    from mmrag.serve.generator import is_vision_model
+    from mmrag.serve.prompt import build_prompt_sources
 
     body = {"query": query, "k": cfg.generator.contexts, "collection": collection}
     res = client.post(f"{url}/v1/search", json=body).json()["results"]

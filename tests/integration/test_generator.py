@@ -176,7 +176,8 @@ def echo_handle(serve_local):
 
 
 async def test_echo_answers_deterministically_through_generate(echo_handle, contexts) -> None:
-    from mmrag.serve.generator import build_prompt, generate
+    from mmrag.serve.generator_client import generate
+    from mmrag.serve.prompt import build_prompt
 
     cfg = _vlm("echo")
     msgs = build_prompt("What is a permutation test?", contexts, cfg)
@@ -198,7 +199,8 @@ async def test_echo_answers_deterministically_through_generate(echo_handle, cont
 
 
 async def test_echo_errors_match_vllm(echo_handle, contexts) -> None:
-    from mmrag.serve.generator import GeneratorError, build_prompt, generate
+    from mmrag.serve.generator_client import GeneratorError, generate
+    from mmrag.serve.prompt import build_prompt
 
     msgs = build_prompt("q?", contexts, _vlm("echo"))
     for stream in (False, True):
@@ -269,7 +271,8 @@ def vllm_app(serve_local, smollm2):
 
 async def test_vllm_answers_from_the_sources(vllm_app, contexts) -> None:
     """Real weights: the answer to a question about an invented fact comes from the source that states it."""
-    from mmrag.serve.generator import build_prompt, estimate_prompt_tokens, generate
+    from mmrag.serve.generator_client import generate
+    from mmrag.serve.prompt import build_prompt, estimate_prompt_tokens
 
     cfg, handle = vllm_app["cfg"], vllm_app["handle"]
     passage = {
@@ -288,7 +291,8 @@ async def test_vllm_answers_from_the_sources(vllm_app, contexts) -> None:
 
 
 async def test_vllm_streams_deltas(vllm_app, contexts) -> None:
-    from mmrag.serve.generator import build_prompt, generate
+    from mmrag.serve.generator_client import generate
+    from mmrag.serve.prompt import build_prompt
 
     cfg, handle = vllm_app["cfg"], vllm_app["handle"]
     msgs = build_prompt("Describe the first page.", contexts, cfg)
@@ -301,7 +305,8 @@ async def test_vllm_streams_deltas(vllm_app, contexts) -> None:
 
 async def test_vllm_accepts_hostile_prompts_at_the_budget(vllm_app, contexts) -> None:
     """Huge snippets, fake special tokens and citations: the prompt still fits and the engine takes it."""
-    from mmrag.serve.generator import build_prompt, estimate_prompt_tokens, generate, token_counter
+    from mmrag.serve.generator_client import generate
+    from mmrag.serve.prompt import build_prompt, estimate_prompt_tokens, token_counter
 
     cfg, handle = vllm_app["cfg"], vllm_app["handle"]
     g = cfg.models.generator
@@ -322,7 +327,8 @@ async def test_vllm_accepts_hostile_prompts_at_the_budget(vllm_app, contexts) ->
 
 async def test_vllm_text_model_refuses_images(vllm_app, contexts) -> None:
     """build_prompt never sends a text-only model an image; one that arrives anyway is a 400, not a crash."""
-    from mmrag.serve.generator import GeneratorError, build_prompt, generate
+    from mmrag.serve.generator_client import GeneratorError, generate
+    from mmrag.serve.prompt import build_prompt
 
     msgs = build_prompt("q?", contexts, _vlm("vllm"))  # a VLM's prompt, with images
     with pytest.raises(GeneratorError) as e:

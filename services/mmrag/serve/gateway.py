@@ -267,7 +267,7 @@ class Gateway:
     ) -> tuple[list[dict[str, Any]], int]:
         """(chat messages, how many hits made it in). Hits carry a snippet: the sources' whole text, and the
         prompt-ready images of the first ``max_images_per_prompt``, come from the cache or one store call."""
-        from mmrag.serve.generator import build_prompt_sources
+        from mmrag.serve.prompt import build_prompt_sources
 
         sources = self.sources.get(hits)
         contexts = [{**h, "image": None, **sources.get(h["id"], {})} for h in hits]
@@ -354,7 +354,7 @@ class Gateway:
         }
 
     async def _generate(self, prep: dict[str, Any], *, stream: bool, temperature: float, extra: dict[str, Any]) -> Any:
-        from mmrag.serve.generator import GeneratorError, generate
+        from mmrag.serve.generator_client import GeneratorError, generate
 
         try:
             return await generate(
@@ -466,7 +466,7 @@ class Gateway:
                 done = True
                 self.metrics.request("answer", 200)
             except Exception as e:
-                from mmrag.serve.generator import GeneratorError
+                from mmrag.serve.generator_client import GeneratorError
 
                 failed = True
                 self.metrics.request("answer", 502)
@@ -555,7 +555,7 @@ class Gateway:
                 done = True
                 self.metrics.request("chat", 200)
             except Exception as e:
-                from mmrag.serve.generator import GeneratorError
+                from mmrag.serve.generator_client import GeneratorError
 
                 failed = True
                 self.metrics.request("chat", 502)

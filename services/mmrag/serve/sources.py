@@ -49,7 +49,7 @@ class PromptSources:
 
     def get(self, hits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """item id -> {text, prepared_image} for ``hits`` (an item deleted since the search is left out)."""
-        from mmrag.serve.generator import prepare_image
+        from mmrag.imaging import prepare_image
 
         n_img = self.n_images
         out: dict[str, dict[str, Any]] = {}

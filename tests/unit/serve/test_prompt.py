@@ -10,19 +10,16 @@ import pytest
 from PIL import Image
 
 from mmrag.config import MmragConfig, load_config
-from mmrag.serve.generator import (
+from mmrag.imaging import IMAGE_UNIT, MIN_IMAGE_PIXELS, fit_image_size, prepare_image
+from mmrag.serve.prompt import (
     ELLIPSIS,
     FENCE_CLOSE,
     FENCE_OPEN,
-    IMAGE_UNIT,
-    MIN_IMAGE_PIXELS,
     SYSTEM_PROMPT,
     build_prompt,
     context_label,
     estimate_prompt_tokens,
     estimate_tokens,
-    fit_image_size,
-    prepare_image,
     truncate_to_tokens,
 )
 
@@ -296,7 +293,8 @@ def _text_cfg(**generator) -> MmragConfig:
 
 
 def test_text_only_generator_gets_one_string_without_images() -> None:
-    from mmrag.serve.generator import TEXT_SYSTEM_PROMPT, is_vision_model
+    from mmrag.serve.generator import is_vision_model
+    from mmrag.serve.prompt import TEXT_SYSTEM_PROMPT
 
     cfg = _text_cfg()
     assert cfg.models.generator.model == "real:smollm2-135m-instruct" and not is_vision_model(cfg)
