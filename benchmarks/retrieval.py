@@ -415,10 +415,10 @@ def run_size(n: int, *, n_queries: int, lance_queries: int, seed: int, workdir: 
     lat, res = _timed_search(index, queries, repeats=1)
     out["cascade_torch_intraop_threads"] = _summary(lat, res, truth, torch_threads=cores)
     torch.set_num_threads(1)
-    index._use_torch = False
+    index._scorer._use_torch = False
     lat, res = _timed_search(index, queries[:30], repeats=1)
     out["cascade_numpy_backend"] = _summary(lat, res, truth[:30])
-    index._use_torch = None
+    index._scorer._use_torch = None
 
     # stage-3 fetch: by row id (what the index does) vs an `id IN (...)` filter
     out["fetch_40_rows_ms"] = _fetch_bench(index, db_dir)
@@ -465,16 +465,16 @@ def _stage_breakdown(index: SearchIndex, queries: list[np.ndarray]) -> dict[str,
     t1, t2, t3 = [], [], []
     for q in queries:
         t0 = time.perf_counter()
-        s1 = index._pooled_scores(snap, q.mean(axis=0), allowed)
+        s1 = index._scorer.pooled_scores(snap, q.mean(axis=0), allowed)
         cand = allowed[np.argpartition(-s1, min(cfg.first_stage_k, snap.n) - 1)[: cfg.first_stage_k]]
         t1.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        s2 = index._token_maxsim(snap, q, cand)
+        s2 = index._scorer.token_maxsim(snap, q, cand)
         keep = cand[np.argpartition(-s2, min(cfg.exact_k, len(cand)) - 1)[: cfg.exact_k]]
         t2.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        fetched = index._fetch_rows(snap, keep)
-        index._exact_maxsim(q, [fetched[int(r)][0] for r in keep])
+        fetched = snap.fetch_rows(keep)
+        index._scorer.exact_maxsim(q, [fetched[int(r)][0] for r in keep])
         t3.append(time.perf_counter() - t0)
     return {
         "pooled_p50": round(_pct(t1, 50), 2),
@@ -494,7 +494,7 @@ def _fetch_bench(index: SearchIndex, db_dir: Path) -> dict[str, float]:
     for _ in range(8):
         rows = rng.choice(snap.n, min(40, snap.n), replace=False)
         t0 = time.perf_counter()
-        index._fetch_rows(snap, rows)
+        snap.fetch_rows(rows)
         by_row.append(time.perf_counter() - t0)
         ids = [snap.ids[r] for r in rows]
         t0 = time.perf_counter()

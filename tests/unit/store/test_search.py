@@ -14,6 +14,7 @@ from mmrag.models.encoder import maxsim
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
 from mmrag.store.search import Hit, SearchError, SearchFilters, SearchIndex, SearchQuery, fts_terms
+from mmrag.store.snapshot import Snapshot
 
 pytestmark = pytest.mark.unit
 DIM = 8
@@ -136,9 +137,9 @@ def _clustered(n: int, seed: int) -> list[np.ndarray]:
 def test_cascade_recall_equals_exhaustive_on_clustered_data(
     store: LanceStore, monkeypatch: pytest.MonkeyPatch, token_threads: int
 ) -> None:
-    import mmrag.store.search as search
+    import mmrag.store.kernels as kernels
 
-    monkeypatch.setattr(search, "_TOKEN_BLOCK", 64)  # many blocks, scored by one or two threads
+    monkeypatch.setattr(kernels, "TOKEN_BLOCK", 64)  # many blocks, scored by one or two threads
     mvs = _clustered(400, seed=1)
     items = [_item("c", f"/d{i // 10}.pdf", i % 10 + 10 * (i // 10), mv) for i, mv in enumerate(mvs)]
     _publish(store, items)
@@ -353,14 +354,14 @@ def test_search_many_equals_one_at_a_time_with_one_store_take(text_store, monkey
         index.search_text("kaplan", 3, filters=_f()),
     ]
     takes: list[int] = []
-    real_take = type(index)._fetch_rows
+    real_take = Snapshot.fetch_rows
 
-    def counting(self, snap, rows):
-        got = real_take(self, snap, rows)
+    def counting(self, rows):
+        got = real_take(self, rows)
         takes.append(len(got))
         return got
 
-    monkeypatch.setattr(type(index), "_fetch_rows", counting)
+    monkeypatch.setattr(Snapshot, "fetch_rows", counting)
     out = index.search_many(queries)
     assert len(takes) == 1 and takes[0] == 3  # the union of both visual stages' candidates, fetched once
     for got, want in zip(out[:3], one, strict=True):

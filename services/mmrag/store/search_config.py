@@ -1,0 +1,93 @@
+"""The search index's settings (:class:`SearchIndexConfig`) and its error (:class:`SearchError`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmrag.store.cascade import TokenStore
+from mmrag.store.fusion import FusionMethod
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message says what to change."""
+
+
+class SearchIndexConfig(BaseModel):
+    """Stage sizes and memory layout of a :class:`SearchIndex`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_stage_k: int = Field(
+        default=1500,
+        ge=1,
+        description="Candidates kept by the pooled-vector stage; the token stage's cost grows linearly with it. "
+        "Recall@10 at 100k clustered items: 0.945 with 1000, 0.977 with 2000, 0.992 with 4000; 1500 keeps "
+        "p50 under 50 ms there on 2 cores (benchmarks/results/retrieval.md).",
+    )
+    exact_k: int = Field(
+        default=20,
+        ge=1,
+        description="Candidates re-scored with exact float32 MaxSim (multivectors fetched from LanceDB). The int8 "
+        "token stage ranks almost exactly: recall@10 was the same with 20, 40 and 80 at 10k and 100k items.",
+    )
+    token_store: TokenStore = Field(
+        default="int8",
+        description="How token vectors are held in RAM for the token stage: int8 (1 byte per value plus one float "
+        "scale per token), float16, or none (no token stage: the first stage's candidates go straight to the "
+        "exact stage, so keep first_stage_k small; for tiny stores or very little RAM).",
+    )
+    backend: Literal["auto", "torch", "numpy"] = Field(
+        default="auto",
+        description="Library for the scoring maths: auto is torch when installed. All three stages use the same "
+        "one: interleaving numpy's BLAS threads with torch's made the token stage 2-4x slower on 2 cores.",
+    )
+    token_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="Threads scoring token blocks in parallel. None: one per CPU when torch itself runs on one "
+        "thread (a Ray replica), else 1 (torch parallelises each op). Many small parallel ops made the token stage "
+        "5x slower on a loaded 2-core machine (each OpenMP barrier waits for a preempted thread); threads that pull "
+        "blocks from a queue do not wait for each other.",
+    )
+    fusion_depth: int = Field(default=50, ge=1, description="Hits taken from each ranking before hybrid fusion.")
+    rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"bm25": 0.7, "dense": 0.3},
+        description="Channel weights of hybrid search when a query names none (callers pass the collection's "
+        "calibrated weights; see mmrag.calibration).",
+    )
+    fusion: FusionMethod = Field(default="rrf", description="Fusion method when a query names none.")
+    dense_first_stage_k: int = Field(
+        default=300,
+        ge=1,
+        description="Dense text channel on large collections: items kept by the mean-vector stage before their "
+        "windows are scored.",
+    )
+    dense_exact_rows: int = Field(
+        default=5000,
+        ge=1,
+        description="Up to this many candidate items, the dense channel scores every window (no first stage).",
+    )
+    dense_ann: bool = Field(
+        default=False,
+        description="Take the dense channel's first stage from LanceDB's vector index on `text_vector` when the "
+        "table has one (ingestion builds it once a collection is large: store.text_ann_min_rows) instead of from "
+        "the projected mean vectors in RAM. Off by default: at 100k items the index's stage was 13x slower at the same "
+        "recall (benchmarks/results/dense_ann.md).",
+    )
+    dense_ann_nprobes: int = Field(default=20, ge=1, description="IVF partitions the dense first stage probes.")
+    dense_ann_refine_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Re-rank this many times dense_first_stage_k of the index's candidates by their full vectors "
+        "(None: no refine; the window stage re-scores the candidates anyway).",
+    )
+    snippet_chars: int = Field(default=300, ge=0, description="Characters of an item's text returned in a hit.")
+    max_query_terms: int = Field(default=64, ge=1, description="Distinct words of a text query passed to BM25.")
+    load_batch_rows: int = Field(default=1024, ge=1, description="Rows per batch when reading multivectors.")
+    fetch_chunk_rows: int = Field(default=2048, ge=1, description="Row ids per LanceDB take while loading.")
+
+
+__all__ = ["SearchError", "SearchIndexConfig"]

@@ -1,0 +1,448 @@
+"""The search index's in-memory snapshot: what it holds per visible item, and how it is loaded from LanceDB.
+
+A :class:`Snapshot` is immutable once built; :meth:`mmrag.store.search.SearchIndex.refresh` builds a new one with
+:func:`load_snapshot` (copying the tokens and text vectors of the ids the old one holds) and swaps it in, so
+searches running in other threads never see a half-built index. It keeps, per item, the pooled vector (float32),
+the token vectors quantised per ``token_store`` (:mod:`mmrag.store.cascade`), the dense text channel's vectors
+(:mod:`mmrag.store.dense`) and the metadata that filters and hits are served from; the exact stage's multivectors
+and the texts are read by row id at the snapshot's pinned table version (:meth:`Snapshot.fetch_rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmrag.store import schema as S
+from mmrag.store.cascade import TokenStore
+from mmrag.store.cascade import fill as _fill
+from mmrag.store.cascade import multivectors as _multivectors
+from mmrag.store.cascade import ranges as _ranges
+from mmrag.store.dense import TextVectors
+from mmrag.store.filters import SearchFilters
+from mmrag.store.hits import Hit
+from mmrag.store.search_config import SearchError, SearchIndexConfig
+
+log = logging.getLogger(__name__)
+
+#: Metadata columns kept in RAM for every visible item (filters and hits are served from them).
+META = ["id", "collection", "doc_id", "source_uri", "modality", "page", "start_s", "end_s"]
+HIT_COLUMNS = [*META, "text"]
+
+
+class Codes:
+    """A string column dictionary-encoded: ``codes[i]`` indexes ``values``; ``index`` maps value -> code."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array | Sequence[str]) -> None:
+        arr = column if isinstance(column, pa.ChunkedArray | pa.Array) else pa.array(list(column), pa.string())
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+        enc = arr.dictionary_encode()
+        self.codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        self.values: list[str] = enc.dictionary.to_pylist()
+        self.index = {v: i for i, v in enumerate(self.values)}
+
+    def mask(self, wanted: Sequence[str]) -> np.ndarray:
+        codes = [self.index[v] for v in wanted if v in self.index]
+        if not codes:
+            return np.zeros(len(self.codes), dtype=bool)
+        if len(codes) == 1:
+            return self.codes == codes[0]
+        return np.isin(self.codes, np.asarray(codes, dtype=np.int32))
+
+    def __getitem__(self, i: int) -> str:
+        return self.values[self.codes[i]]
+
+
+def float_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A nullable numeric column as float64 with NaN for null (NaN compares false, like SQL NULL)."""
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+@dataclass
+class Snapshot:
+    """Everything one search needs, immutable once built."""
+
+    version: int | None
+    table: Any | None  # LanceDB table pinned at ``version`` (None for array-backed indexes)
+    has_fts: bool
+    dim: int
+    ids: list[str]
+    id_row: dict[str, int]
+    row_ids: np.ndarray | None  # LanceDB row ids at ``version``
+    pooled: np.ndarray  # [n, dim] float32, L2-normalised
+    collection: Codes
+    modality: Codes
+    doc_id: Codes
+    source_uri: Codes
+    page: np.ndarray  # float64, NaN where null
+    start_s: np.ndarray
+    end_s: np.ndarray
+    tok_start: np.ndarray  # int64 [n]
+    tok_len: np.ndarray  # int64 [n]; 0 = not visually searchable
+    tokens: np.ndarray | None  # [total, dim] int8 / float16, or None
+    tok_scale: np.ndarray | None  # float32 [total] (int8 only)
+    exact: list[np.ndarray] | None = None  # array-backed: float32 multivectors
+    texts: list[str | None] | None = None  # array-backed: item texts
+    has_text: np.ndarray | None = None  # bool [n]: the item has text for BM25 (None: unknown, assume yes)
+    text: TextVectors | None = None  # dense text channel (None: the store has no text vectors)
+    has_text_ann: bool = False  # the table at ``version`` has a vector index on ``text_vector``
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> dict[str, int]:
+        out = {
+            "pooled": self.pooled.nbytes,
+            "tokens": 0 if self.tokens is None else self.tokens.nbytes,
+            "token_scales": 0 if self.tok_scale is None else self.tok_scale.nbytes,
+            "offsets": self.tok_start.nbytes + self.tok_len.nbytes,
+            "metadata": sum(a.nbytes for a in (self.page, self.start_s, self.end_s, *(c.codes for c in self._codes()))),
+        }
+        if self.exact is not None:
+            out["exact_multivectors"] = sum(m.nbytes for m in self.exact)
+        if self.text is not None:
+            out["text_vectors"] = self.text.nbytes
+        return out
+
+    def _codes(self) -> tuple[Codes, ...]:
+        return (self.collection, self.modality, self.doc_id, self.source_uri)
+
+    def mask(self, f: SearchFilters) -> np.ndarray:
+        m = self.collection.mask([f.collection])
+        if f.modalities is not None:
+            m &= self.modality.mask(f.modalities)
+        if f.doc_ids is not None:
+            m &= self.doc_id.mask(f.doc_ids)
+        if f.source_uris is not None:
+            m &= self.source_uri.mask(f.source_uris)
+        with np.errstate(invalid="ignore"):
+            if f.page_min is not None:
+                m &= self.page >= f.page_min
+            if f.page_max is not None:
+                m &= self.page <= f.page_max
+            if f.time_min_s is not None:
+                m &= self.end_s >= f.time_min_s
+            if f.time_max_s is not None:
+                m &= self.start_s <= f.time_max_s
+        return m
+
+    def hit(self, row: int, score: float, stage_scores: dict[str, float], text: str | None, snippet: int) -> Hit:
+        page, s0, s1 = self.page[row], self.start_s[row], self.end_s[row]
+        return Hit(
+            id=self.ids[row],
+            score=float(score),
+            modality=self.modality[row],
+            collection=self.collection[row],
+            doc_id=self.doc_id[row],
+            source_uri=self.source_uri[row],
+            page=None if math.isnan(page) else int(page),
+            start_s=None if math.isnan(s0) else float(s0),
+            end_s=None if math.isnan(s1) else float(s1),
+            text=(text or "")[:snippet],
+            stage_scores=stage_scores,
+            channels=self.channels_of(row),
+        )
+
+    def channels_of(self, row: int) -> tuple[str, ...]:
+        """The channels that can rank this item at all (fusion does not count a channel blind to it against it)."""
+        out = ["visual"] if self.tok_len[row] > 0 else []
+        if self.has_text is None or self.has_text[row]:
+            out.append("bm25")
+        if self.text is not None and self.text.count[row] > 0:
+            out.append("dense")
+        return tuple(out)
+
+    def fetch_rows(self, rows: Sequence[int] | np.ndarray) -> dict[int, tuple[np.ndarray, str | None]]:
+        """row -> (float32 multivector, text) for ``rows``, in one LanceDB take at the snapshot's version (or from
+        the arrays given). Rows deleted meanwhile are absent."""
+        rows = sorted({int(r) for r in rows})
+        if not rows:
+            return {}
+        if self.exact is not None:
+            return {r: (self.exact[r], self.texts[r] if self.texts else None) for r in rows}
+        got = self.table.take_row_ids([int(self.row_ids[r]) for r in rows]).select(["id", "multivector", "text"])
+        tbl = got.to_arrow()
+        out: dict[int, tuple[np.ndarray, str | None]] = {}
+        for i, m, t in zip(
+            tbl.column("id").to_pylist(),
+            _multivectors(tbl.column("multivector"), self.dim),
+            tbl.column("text").to_pylist(),
+            strict=True,
+        ):
+            row = self.id_row.get(i)
+            if row is not None:
+                out[row] = (m, t)
+        return out
+
+    def fetch_texts(self, rows: Sequence[int]) -> dict[int, str | None]:
+        """row -> text for ``rows`` (one LanceDB take at the snapshot's version, or the arrays given)."""
+        rows = sorted({int(r) for r in rows})
+        if self.texts is not None:
+            return {r: self.texts[r] for r in rows}
+        if self.table is None:
+            return {}
+        got = self.table.take_row_ids([int(self.row_ids[r]) for r in rows]).select(["id", "text"]).to_arrow()
+        out: dict[int, str | None] = {}
+        for i, t in zip(got.column("id").to_pylist(), got.column("text").to_pylist(), strict=True):
+            row = self.id_row.get(i)
+            if row is not None:
+                out[row] = t
+        return out
+
+
+def channels(snap: Snapshot | None) -> list[str]:
+    """The channels ``snap`` can serve: ``visual`` (always), ``bm25``, ``dense``."""
+    out = ["visual"]
+    if snap is not None and snap.table is not None and snap.has_fts:
+        out.append("bm25")
+    if snap is not None and snap.text is not None and bool(snap.text.count.any()):
+        out.append("dense")
+    return out
+
+
+def load_snapshot(table: Any, version: int, old: Snapshot | None, config: SearchIndexConfig) -> Snapshot:
+    """A snapshot of the visible items of ``table`` (pinned at ``version``); ``old``'s tokens and text vectors are
+    reused for the ids it already holds (an item id is a hash of its content)."""
+    from lancedb.expr import col, lit
+
+    dim = table.schema.field("pooled").type.list_size
+    visible = (col("visible") == lit(True)).to_sql()
+    meta = (
+        table.search()
+        .where(visible)
+        .select([*META, "pooled", "n_tokens", "text_source"])
+        .with_row_id(True)
+        .limit(None)
+        .to_arrow()
+    )
+    n = meta.num_rows
+    pooled_col = meta.column("pooled").combine_chunks() if n else None
+    if n and pooled_col.null_count:
+        pooled_col = pooled_col.fill_null(pa.scalar([0.0] * dim, pooled_col.type))
+    pooled = (
+        pooled_col.values.to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float32, copy=False)
+        if n
+        else np.zeros((0, dim), np.float32)
+    )
+    row_ids = meta.column("_rowid").to_numpy()
+    n_tokens = np.nan_to_num(float_column(meta.column("n_tokens"))).astype(np.int64)
+    indices = table.list_indices()
+    has_fts = any(getattr(i, "columns", None) == ["text"] for i in indices)
+    has_text_ann = any(getattr(i, "columns", None) == [S.TEXT_VECTOR] for i in indices)
+
+    ids = meta.column("id").to_pylist()
+    reuse: dict[int, int] = {}
+    if old is not None and old.tokens is not None and config.token_store != "none":
+        reuse = {r: o for r, o in ((r, old.id_row.get(i)) for r, i in enumerate(ids)) if o is not None}
+
+    def fetch(rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        if len(rows) > 0.5 * n:  # mostly new: one streaming scan beats many takes
+            want = {ids[r]: r for r in rows}
+            reader = (
+                table.search()
+                .where(visible)
+                .select(["id", "multivector"])
+                .limit(None)
+                .to_batches(config.load_batch_rows)
+            )
+            for batch in reader:
+                for i, mv in zip(batch.column(0).to_pylist(), _multivectors(batch.column(1), dim), strict=True):
+                    if i in want:
+                        yield want[i], mv
+            return
+        step = config.fetch_chunk_rows
+        for s in range(0, len(rows), step):
+            chunk = rows[s : s + step]
+            got = table.take_row_ids([int(row_ids[r]) for r in chunk]).select(["id", "multivector"]).to_arrow()
+            by_id = dict(zip(got.column("id").to_pylist(), _multivectors(got.column("multivector"), dim), strict=True))
+            for r in chunk:
+                if ids[r] in by_id:
+                    yield r, by_id[ids[r]]
+
+    snap = build_snapshot(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store)
+    snap.version, snap.table, snap.has_fts, snap.has_text_ann = version, table, has_fts, has_text_ann
+    snap.has_text = np.asarray([t is not None for t in meta.column("text_source").to_pylist()], dtype=bool)
+    tdim = S.text_dim_of(table.schema)
+    if tdim:
+        snap.text = _load_text(table, visible, ids, tdim, old, config)
+    return snap
+
+
+def _load_text(
+    table: Any, visible: str, ids: list[str], tdim: int, old: Snapshot | None, config: SearchIndexConfig
+) -> TextVectors:
+    """The dense channel's vectors: copied from the old snapshot for known ids, else one streaming read."""
+    n = len(ids)
+    reuse: dict[int, int] = {}
+    if old is not None and old.text is not None and old.text.dim == tdim:
+        reuse = {r: o for r, o in ((r, old.id_row.get(i)) for r, i in enumerate(ids)) if o is not None}
+    id_row = {i: r for r, i in enumerate(ids)}
+
+    def rows() -> Iterator[tuple[int, np.ndarray | None, np.ndarray | None]]:
+        if len(reuse) == n:
+            return
+        reader = (
+            table.search()
+            .where(visible)
+            .select(["id", "text_vectors", "text_vector"])
+            .limit(None)
+            .to_batches(config.load_batch_rows)
+        )
+        for batch in reader:
+            got = batch.column(0).to_pylist()
+            wins = _multivectors(batch.column(1), tdim)
+            means = batch.column(2)
+            for j, (i, w) in enumerate(zip(got, wins, strict=True)):
+                r = id_row.get(i)
+                if r is None or r in reuse or not len(w):
+                    continue
+                m = means[j]
+                yield r, w, (None if not m.is_valid else np.asarray(m.values.to_numpy(), np.float32))
+
+    return TextVectors.build(n, tdim, rows(), reuse, old.text if old is not None else None)
+
+
+def build_snapshot(
+    meta: pa.Table,
+    pooled: np.ndarray,
+    dim: int,
+    row_ids: np.ndarray | None,
+    n_tokens: np.ndarray,
+    reuse: dict[int, int],
+    fetch: Any,
+    old: Snapshot | None,
+    store: TokenStore,
+) -> Snapshot:
+    """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read."""
+    ids = meta.column("id").to_pylist()
+    n = len(ids)
+    tok_len = np.maximum(np.asarray(n_tokens, np.int64), 0)
+    if reuse and old is not None:
+        new_rows = np.fromiter(reuse.keys(), np.int64, len(reuse))
+        old_rows = np.fromiter(reuse.values(), np.int64, len(reuse))
+        tok_len[new_rows] = old.tok_len[old_rows]  # same id = same content = same tokens
+    tok_start = np.zeros(n, np.int64)
+    if n:
+        tok_start[1:] = np.cumsum(tok_len)[:-1]
+    tokens = scales = None
+    if store != "none":
+        total = int(tok_len.sum())
+        tokens = np.empty((total, dim), np.int8 if store == "int8" else np.float16)
+        scales = np.empty(total, np.float32) if store == "int8" else None
+        if reuse and old is not None:
+            dst = _ranges(tok_start[new_rows], tok_len[new_rows])
+            src = _ranges(old.tok_start[old_rows], tok_len[new_rows])
+            tokens[dst] = old.tokens[src]
+            if scales is not None:
+                scales[dst] = old.tok_scale[src]
+        missing = [r for r in range(n) if r not in reuse and tok_len[r] > 0]
+        seen = np.zeros(n, bool)
+        mismatched = 0
+        for r, mv in fetch(missing):
+            mismatched += _fill(tokens, scales, int(tok_start[r]), int(tok_len[r]), mv, store)
+            seen[r] = True
+        lost = [r for r in missing if not seen[r]]
+        if lost:  # rows that vanished between reads of one pinned version cannot happen; stay searchable-safe
+            tok_len[lost] = 0
+        if mismatched:
+            log.warning("%d items have n_tokens unequal to their multivector's length; token stage pads", mismatched)
+    return Snapshot(
+        version=None,
+        table=None,
+        has_fts=False,
+        dim=dim,
+        ids=ids,
+        id_row={i: r for r, i in enumerate(ids)},
+        row_ids=row_ids,
+        pooled=np.array(pooled, dtype=np.float32, order="C"),  # a writable copy (Arrow buffers are read-only)
+        collection=Codes(meta.column("collection")),
+        modality=Codes(meta.column("modality")),
+        doc_id=Codes(meta.column("doc_id")),
+        source_uri=Codes(meta.column("source_uri")),
+        page=float_column(meta.column("page")),
+        start_s=float_column(meta.column("start_s")),
+        end_s=float_column(meta.column("end_s")),
+        tok_start=tok_start,
+        tok_len=tok_len,
+        tokens=tokens,
+        tok_scale=scales,
+    )
+
+
+def array_snapshot(
+    ids: Sequence[str],
+    multivectors: Sequence[np.ndarray],
+    *,
+    collection: str | Sequence[str],
+    modality: str | Sequence[str],
+    doc_ids: Sequence[str] | None,
+    source_uris: Sequence[str] | None,
+    pages: Sequence[int | None] | None,
+    texts: Sequence[str | None] | None,
+    pooled: np.ndarray | None,
+    text_vectors: Sequence[np.ndarray | None] | None,
+    token_store: TokenStore,
+) -> Snapshot:
+    """A snapshot of items given as arrays (no LanceDB): see :meth:`mmrag.store.search.SearchIndex.from_arrays`."""
+    n = len(ids)
+    if len(multivectors) != n:
+        raise SearchError(f"{len(multivectors)} multivectors for {n} ids")
+    mvs = [np.ascontiguousarray(m, dtype=np.float32) for m in multivectors]
+    dim = mvs[0].shape[1] if mvs else 0
+    if pooled is None and n:  # as ingestion writes it: the L2-normalised mean of the tokens
+        pooled = np.stack([m.mean(0) if len(m) else np.zeros(dim, np.float32) for m in mvs])
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    pooled = np.zeros((0, dim), np.float32) if pooled is None else np.asarray(pooled, dtype=np.float32)
+
+    def col(v: Any, default: Any) -> list[Any]:
+        if v is None:
+            return [default(i) for i in range(n)]
+        return [v] * n if isinstance(v, str) else list(v)
+
+    meta = pa.table(
+        {
+            "id": pa.array(list(ids), pa.string()),
+            "collection": pa.array(col(collection, None), pa.string()),
+            "doc_id": pa.array(col(doc_ids, lambda i: ids[i]), pa.string()),
+            "source_uri": pa.array(col(source_uris, lambda i: ids[i]), pa.string()),
+            "modality": pa.array(col(modality, None), pa.string()),
+            "page": pa.array(col(pages, lambda i: None), pa.int32()),
+            "start_s": pa.array([None] * n, pa.float64()),
+            "end_s": pa.array([None] * n, pa.float64()),
+        }
+    )
+    lens = np.array([len(m) for m in mvs], np.int64)
+    snap = build_snapshot(
+        meta, pooled, dim, None, lens, {}, lambda rows: ((r, mvs[r]) for r in rows), None, token_store
+    )
+    snap.exact = mvs
+    if texts is not None:
+        snap.has_text = np.asarray([bool(t) for t in texts], dtype=bool)
+    snap.texts = list(texts) if texts is not None else [None] * n
+    if text_vectors is not None:
+        if len(text_vectors) != n:
+            raise SearchError(f"{len(text_vectors)} text vector lists for {n} ids")
+        tdim = next((len(v[0]) for v in text_vectors if v is not None and len(v)), 0)
+        snap.text = TextVectors.build(n, tdim, ((r, v, None) for r, v in enumerate(text_vectors)))
+    return snap
+
+
+__all__ = [
+    "HIT_COLUMNS",
+    "META",
+    "Codes",
+    "Snapshot",
+    "array_snapshot",
+    "build_snapshot",
+    "channels",
+    "float_column",
+    "load_snapshot",
+]
