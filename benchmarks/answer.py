@@ -122,36 +122,36 @@ def settle() -> float:
 
 # ------------------------------------------------------------------------------------------------ clients
 def rag_once(client: Any, url: str, query: str, max_tokens: int, collection: str) -> dict[str, Any]:
+    from mmrag.sse import iter_events
+
     body = {"query": query, "collection": collection, "max_tokens": max_tokens, "stream": True}
     t0 = time.perf_counter()
     ttft = None
     done: dict[str, Any] = {}
     citations: list[dict[str, Any]] = []
     text = []
-    event = None
     with client.stream("POST", f"{url}/v1/answer", json=body) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "token":
-                    if ttft is None:
-                        ttft = (time.perf_counter() - t0) * 1e3
-                    text.append(data["text"])
-                elif event == "citations":
-                    citations = data["citations"]
-                elif event == "done":
-                    done = data
-                elif event == "error":
-                    raise RuntimeError(data)
+        for ev in iter_events(r.iter_lines()):
+            data = ev.json()
+            if ev.event == "token":
+                if ttft is None:
+                    ttft = (time.perf_counter() - t0) * 1e3
+                text.append(data["text"])
+            elif ev.event == "citations":
+                citations = data["citations"]
+            elif ev.event == "done":
+                done = data
+            elif ev.event == "error":
+                raise RuntimeError(data)
     total = (time.perf_counter() - t0) * 1e3
     return {"ttft_ms": ttft, "total_ms": total, "server": done.get("timings", {}), "usage": done.get("usage") or {},
             "citations": [c["id"] for c in citations], "text": "".join(text)}  # fmt: skip
 
 
 def bare_once(client: Any, url: str, messages: list[dict[str, Any]], max_tokens: int, model: str) -> dict[str, Any]:
+    from mmrag.sse import iter_events
+
     body = {
         "model": model,
         "messages": messages,
@@ -166,10 +166,10 @@ def bare_once(client: Any, url: str, messages: list[dict[str, Any]], max_tokens:
     text = []
     with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+        for ev in iter_events(r.iter_lines()):
+            if ev.done:
                 continue
-            data = json.loads(line[6:])
+            data = ev.json()
             for ch in data.get("choices") or []:
                 piece = (ch.get("delta") or {}).get("content")
                 if piece:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
+from mmrag.sse import iter_events
+
 
 class ServerError(RuntimeError):
     """The server answered with an error (its JSON message), or could not be reached."""
@@ -59,24 +61,18 @@ def ask(
         with httpx.stream("POST", endpoint, json={**body, "stream": True}, timeout=timeout_s) as r:
             if r.status_code != 200:
                 raise ServerError(r.status_code, _error_message(r.read()))
-            event = "message"
-            for line in r.iter_lines():
-                if line.startswith("event:"):
-                    event = line[len("event:") :].strip()
-                elif line.startswith("data:"):
-                    data = json.loads(line[len("data:") :].strip())
-                    if event == "token":
-                        parts.append(data["text"])
-                        if on_token is not None:
-                            on_token(data["text"])
-                    elif event == "citations":
-                        out["citations"] = data["citations"]
-                    elif event == "done":
-                        out.update(data)
-                    elif event == "error":
-                        raise ServerError(200, str(data.get("error", {}).get("message", data)))
-                elif not line:
-                    event = "message"
+            for ev in iter_events(r.iter_lines()):
+                data = ev.json()
+                if ev.event == "token":
+                    parts.append(data["text"])
+                    if on_token is not None:
+                        on_token(data["text"])
+                elif ev.event == "citations":
+                    out["citations"] = data["citations"]
+                elif ev.event == "done":
+                    out.update(data)
+                elif ev.event == "error":
+                    raise ServerError(200, str(data.get("error", {}).get("message", data)))
         out["answer"] = "".join(parts)
         return out
     except httpx.HTTPError as e:

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from mmrag.sse import Event, SSEDecoder
+
 Endpoint = Literal["search", "answer", "chat"]
 ENDPOINTS: tuple[str, ...] = ("search", "answer", "chat")
 
@@ -83,40 +85,29 @@ class ResponseParser:
         self.error: str | None = None
         self.done = False
         self.n_results: int | None = None
-        self._data: list[str] = []
-        self._event: str | None = None
+        self._sse = SSEDecoder()
 
-    # SSE framing (https://html.spec.whatwg.org/multipage/server-sent-events.html): data lines accumulate
-    # until a blank line dispatches the event.
+    # SSE framing (mmrag.sse): data lines accumulate until a blank line dispatches the event.
     def feed(self, line: str, now: float) -> None:
-        line = line.rstrip("\r\n")
-        if not line:
-            self._dispatch(now)
-        elif line.startswith("data:"):
-            self._data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            self._event = line[6:].strip()
-        # id:, retry: and comments (":") carry nothing we measure
+        event = self._sse.feed(line)
+        if event is not None:
+            self._dispatch(event, now)
 
     def finish(self, now: float) -> None:
         """The stream closed: dispatch a last event that had no blank line after it."""
-        self._dispatch(now)
+        event = self._sse.finish()
+        if event is not None:
+            self._dispatch(event, now)
 
-    def _dispatch(self, now: float) -> None:
-        if not self._data:
-            self._event = None
-            return
-        data = "\n".join(self._data)
-        event = self._event
-        self._data, self._event = [], None
-        if data.strip() == "[DONE]":
+    def _dispatch(self, event: Event, now: float) -> None:
+        if event.done:
             self.done = True
             return
         try:
-            obj: Any = json.loads(data)
+            obj: Any = event.json()
         except json.JSONDecodeError:
             obj = None
-        self.on_event(event, obj, data, now)
+        self.on_event(event.event, obj, event.data, now)
 
     def on_event(self, event: str | None, obj: Any, raw: str, now: float) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -13,10 +13,11 @@ them loads vLLM, so this module imports them only where they are needed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
+
+from mmrag.sse import parse_events
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -63,20 +64,6 @@ def _raise_if_error(item: Any) -> None:
         raise GeneratorError(int(getattr(err, "code", 500) or 500), str(getattr(err, "type", "")), str(err.message))
 
 
-def _sse_events(packet: str) -> list[dict[str, Any] | None]:
-    """The JSON events in an SSE packet (``None`` for ``[DONE]``)."""
-    events: list[dict[str, Any] | None] = []
-    for line in packet.splitlines():
-        if not line.startswith("data:"):
-            continue
-        data = line[len("data:") :].strip()
-        if data == "[DONE]":
-            events.append(None)
-        elif data:
-            events.append(json.loads(data))
-    return events
-
-
 class GenerationStream:
     """The text deltas of a streamed answer: ``async for delta in stream``.
 
@@ -119,9 +106,10 @@ class GenerationStream:
                 _raise_if_error(item)
                 if not isinstance(item, str):
                     raise GeneratorError(500, "InternalError", f"unexpected stream item {type(item).__name__}")
-                for event in _sse_events(item):
-                    if event is None:  # [DONE]; the source ends right after it
+                for ev in parse_events(item):
+                    if ev.done or not ev.data.strip():  # [DONE]: the source ends right after it
                         continue
+                    event = ev.json()
                     if "error" in event:
                         e = event["error"] if isinstance(event["error"], dict) else {"message": str(event["error"])}
                         raise GeneratorError(int(e.get("code") or 500), str(e.get("type", "")), str(e.get("message")))
