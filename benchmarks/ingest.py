@@ -171,17 +171,6 @@ def clip_plan(videos: list[Path], cfg: Any) -> dict[str, list[list[int]]]:
     return out
 
 
-def fit_pixels(img: Any, max_pixels: int) -> Any:
-    """``img`` scaled down (area-averaging reduce, then bicubic) to at most ``max_pixels``, as ReadStage does."""
-    from PIL import Image
-
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    s = (max_pixels / (w * h)) ** 0.5
-    return img.resize((max(1, int(w * s)), max(1, int(h * s))), Image.Resampling.BICUBIC, reducing_gap=1.0)
-
-
 def iter_rendered(pdfs: list[Path], dpi: int, max_pixels: int) -> Iterator[Any]:
     """Pages rendered exactly as the reader does (zoom from the page size, RGB, no alpha), as PIL images."""
     import pymupdf
@@ -334,6 +323,7 @@ def bench_encoder(
     from decord import VideoReader, cpu
     from PIL import Image
 
+    from mmrag.imaging import fit_pixels
     from mmrag.models.encoder import ColPaliEncoder
 
     bs = cfg.ingest.embed.batch_size

@@ -1,7 +1,14 @@
-"""Image resizing shared by the serving path.
+"""Image resizing shared by ingestion, the prompt and the benchmarks.
 
+* :func:`fit_pixels`: an RGB image scaled down (never up) to a pixel budget, as ingestion stores and encodes pages,
+  images and frames (``ingest.ReadStage``; ``benchmarks/ingest.py`` measures the same).
 * :func:`fit_image_size` and :func:`prepare_image`: a stored image resized for the generator's prompt, to the
   Qwen2-VL grid (sides multiples of 28 pixels), as a JPEG data URL with its count of visual tokens.
+
+Three resizes elsewhere differ and stay where they are: the readers' :func:`mmrag.ingest.pixels.bound` pads
+extreme aspect ratios as it shrinks, :func:`mmrag.ingest.common.thumbnail_png` bounds the longest side rather than
+the area, and ``mmrag.ingest.video`` shrinks frames bilinearly at every ratio (:func:`fit_pixels` switches to
+bicubic below half size): folding it in would change the stored frames.
 
 Pillow is imported inside the functions, so importing this module costs nothing.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from typing import Any
 
 #: Qwen2-VL / Qwen2.5-VL: 14-pixel patches merged 2x2, so one visual token per 28x28 pixels.
 IMAGE_UNIT = 28
@@ -21,6 +29,28 @@ MAX_ASPECT_RATIO = 100
 #: Images larger than this many pixels are not decoded at all (the store keeps ~1 MP JPEGs).
 MAX_DECODE_PIXELS = 64_000_000
 JPEG_QUALITY = 85
+
+
+def fit_pixels(img: Any, max_pixels: int) -> Any:
+    """``img`` as RGB, scaled down (never up) to at most ``max_pixels``.
+
+    Large reductions (a 1 MP page to the encoder's 50 kP) use ``reducing_gap=1``: an area-averaging reduce by
+    the whole factor first (what OpenCV's INTER_AREA does), then bicubic over the rest; a quarter of the time
+    of a bicubic resize over the whole image. Mild ones (under 2x, e.g. a 640x480 frame to the 250 kP stored
+    frames) are bilinear: no aliasing to fight at that ratio, and 40% cheaper than bicubic.
+    """
+    from PIL import Image
+
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    scale = (max_pixels / (w * h)) ** 0.5
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    if scale > 0.5:
+        return img.resize(size, Image.Resampling.BILINEAR)
+    return img.resize(size, Image.Resampling.BICUBIC, reducing_gap=1.0)
 
 
 def fit_image_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -96,5 +126,6 @@ __all__ = [
     "MAX_DECODE_PIXELS",
     "MIN_IMAGE_PIXELS",
     "fit_image_size",
+    "fit_pixels",
     "prepare_image",
 ]
