@@ -6,7 +6,6 @@ real deployment with small parts; by default they are built from the config.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +70,9 @@ class Retriever:
         self.encoder = encoder
         self.text_encoder = text_encoder
         self.index = index
+        from mmrag.serve.refresh import IndexRefresher
+
+        self.refresher = IndexRefresher(index, self.cfg.retriever.refresh_interval_s).start()
         # tuned per profile, not Ray's defaults
         n = self.cfg.retriever.batch_max_size
         for batched in (self._encode, self._search_batch):
@@ -179,5 +181,6 @@ class Retriever:
         return out
 
     async def check_health(self) -> None:
-        """Serve calls this periodically; a failing index refresh marks the replica unhealthy."""
-        await asyncio.to_thread(self.index.refresh)
+        """Serve calls this periodically: unhealthy only if the index refresh loop died (the refresh itself runs
+        in its own thread, :mod:`mmrag.serve.refresh`, never here)."""
+        self.refresher.check()
