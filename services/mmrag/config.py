@@ -319,6 +319,9 @@ class IngestConfig(_Strict):
         "cannot pull in files from elsewhere on the machine.",
     )
     max_pages: int = Field(default=5000, ge=1, description="Pages beyond this in one PDF are reported, not read.")
+    max_video_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="Seconds of one video that are read; the rest is reported, not read."
+    )
     clip_seconds: float = Field(default=10.0, gt=0, description="Video clip length.")
     clip_overlap_seconds: float = Field(default=0.0, ge=0, description="Overlap between consecutive clips.")
     frames_per_clip: int = Field(default=4, ge=1, le=64, description="Frames sampled uniformly per clip.")
@@ -431,6 +434,13 @@ class RetrieverConfig(DeploymentConfig):
         "encoder is busy are merged into its next call anyway (mmrag.serve.coalesce), so under load batches grow "
         "without waiting; 0 adds no latency to a lone query.",
     )
+    refresh_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each replica checks the store for a new table version and, if there is one, builds a "
+        "new search snapshot beside the one it serves (new and deleted documents show up this much later at most, "
+        "plus the build).",
+    )
     default_mode: SearchMode = Field(default="hybrid", description="Search mode when a request names none.")
     first_stage_k: int = Field(
         default=1500,
@@ -467,6 +477,51 @@ class RetrieverConfig(DeploymentConfig):
     def index_config(self) -> dict[str, Any]:
         """The search index's settings this config decides (``SearchIndexConfig`` fields)."""
         return {"first_stage_k": self.first_stage_k, "dense_ann": self.dense_first_stage == "index"}
+
+
+class IngestorConfig(DeploymentConfig):
+    """The ingestion service (:mod:`mmrag.serve.ingestor`): uploads and deletes over the API, with the ingestion
+    stages kept loaded so a small upload is searchable in seconds. Large batches still go through ``mmrag ingest``
+    (Ray Data). The service takes the store's writer lease per job, so it and ``mmrag ingest`` take turns."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve the document endpoints (POST/DELETE /v1/collections/..., GET /v1/jobs/...). Off: they "
+        "answer 404 and no ingestion replica starts.",
+    )
+    max_upload_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1,
+        description="Largest upload request (all its files together); a larger one is refused with 413 while it is "
+        "still arriving.",
+    )
+    max_files: int = Field(default=64, ge=1, description="Files per upload request.")
+    allowed_uri_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Object-store prefixes (e.g. s3://bucket/docs/) that a JSON body may name for ingestion. Empty: "
+        "none. Server-local paths and http(s) URLs are never accepted.",
+    )
+    staging_dir: str | None = Field(
+        default=None,
+        description="Where uploads wait until their job has run (default: <MMRAG_HOME>/uploads). A job whose files "
+        "are still there when a replica restarts is run again.",
+    )
+    max_pending_jobs: int = Field(
+        default=64, ge=1, description="Jobs queued per replica; beyond it uploads are answered 503 overloaded."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Re-calibrate a collection after a job when it changed materially (as mmrag ingest does).",
+    )
+    optimize_every_jobs: int = Field(
+        default=20,
+        ge=0,
+        description="Compact the store and drop old versions after this many jobs that wrote (0: never; "
+        "`mmrag store optimize` does it on demand). Each small job adds fragments and versions.",
+    )
+    retry_wait_s: float = Field(
+        default=5.0, gt=0, description="Wait before trying again when another writer (mmrag ingest) holds the store."
+    )
 
 
 class RerankerConfig(DeploymentConfig):
@@ -593,7 +648,7 @@ class AdmissionConfig(_Strict):
     search_slo_ms: float = Field(
         default=1000.0,
         gt=0,
-        description="Latency SLO of /v1/search: the in-flight limit is the measured capacity times half of this "
+        description="Latency SLO of /v1/search: the in-flight limit is the measured capacity times 0.4 of this "
         "(the queue's share; the tail gets the rest).",
     )
     generate_slo_ms: float = Field(
@@ -742,6 +797,10 @@ class MmragConfig(_Strict):
     )
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig, description="Generator deployment.")
     gateway: DeploymentConfig = Field(default_factory=DeploymentConfig, description="HTTP ingress deployment.")
+    ingestor: IngestorConfig = Field(
+        default_factory=lambda: IngestorConfig(num_cpus=0.25),
+        description="Ingestion service deployment (uploads over the API).",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
 
 

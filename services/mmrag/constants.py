@@ -24,7 +24,9 @@ ENV_TORCH_COMPAT = "MMRAG_TORCH_COMPAT"
 #: Process-level knobs of the HAProxy template patch (:mod:`mmrag.compat.ray_haproxy`), read where HAProxy's config is
 #: rendered, not config-tree settings.
 ENV_HAPROXY = ("MMRAG_HAPROXY_ADMIN_HOST", "MMRAG_HAPROXY_QUEUE_MS", "MMRAG_HAPROXY_ADMISSION")
-RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT, *ENV_HAPROXY})
+#: The API key ``mmrag ingest --url`` sends (a client setting, not a config-tree one).
+ENV_API_KEY = "MMRAG_API_KEY"
+RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT, ENV_API_KEY, *ENV_HAPROXY})
 
 DEFAULT_PROFILE = "local-cpu"
 
@@ -34,6 +36,7 @@ RETRIEVER_DEPLOYMENT = "Retriever"
 RERANKER_DEPLOYMENT = "Reranker"
 GENERATOR_DEPLOYMENT = "Generator"
 GATEWAY_DEPLOYMENT = "Gateway"
+INGESTOR_DEPLOYMENT = "Ingestor"
 
 
 def mmrag_home() -> Path:

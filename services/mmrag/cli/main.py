@@ -186,8 +186,16 @@ def ingest(
         bool,
         typer.Option("--follow-symlinks", help="Also ingest symlinks that lead outside the paths given."),
     ] = False,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Send the files to a running server's API instead (e.g. http://localhost:8000)."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="API key for --url (default: $MMRAG_API_KEY).", show_default=False)
+    ] = None,
 ) -> None:
-    """Ingest PDFs, images and videos into LanceDB (Ray Data). Re-running adds only what changed."""
+    """Ingest PDFs, images and videos into LanceDB (Ray Data), or with --url through a server's API. Re-running adds
+    only what changed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mmrag.ingest.pipeline import ingest as run_ingest
@@ -219,6 +227,23 @@ def ingest(
                 errors=c["errors"],
             )
 
+        if url:
+            from mmrag.cli.remote import RemoteError, ingest_via_api
+
+            try:
+                remote = ingest_via_api(
+                    paths,
+                    url,
+                    collection or cfg.store.default_collection,
+                    key=key,
+                    follow_symlinks=follow_symlinks,
+                    progress=on_progress,
+                )
+            except (RemoteError, OSError) as e:  # httpx's errors are OSErrors
+                console.print(f"[red]error:[/red] {e}", highlight=False)
+                raise typer.Exit(2) from e
+            _print_remote(remote, url, as_json)
+            return
         try:
             summary = run_ingest(paths, cfg, collection=collection, progress=on_progress)
         except ValueError as e:
@@ -239,6 +264,21 @@ def ingest(
             where = f" page {e['page']}" if e.get("page") else ""
             typer.echo(f"  error: {e['path']}{where}: {e['reason']}")
     if summary.errors and not summary.files and not summary.skipped:
+        raise typer.Exit(1)
+
+
+def _print_remote(r: dict[str, Any], url: str, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(r))
+    else:
+        typer.echo(
+            f"ingested {r['files']} files through {url} ({len(r['jobs'])} jobs): {r['pages']} pages, {r['images']} "
+            f"images, {r['clips']} clips; {r['skipped']} unchanged files skipped; {len(r['errors'])} errors"
+        )
+        for e in r["errors"]:
+            where = f" page {e['page']}" if e.get("page") else ""
+            typer.echo(f"  error: {e['path']}{where}: {e['reason']}")
+    if r["errors"] and not r["files"] and not r["skipped"]:
         raise typer.Exit(1)
 
 

@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,19 +88,31 @@ class _DocProgress:
 
 
 ProgressFn = Callable[[dict[str, int]], None]
+#: tasks, config -> the stream of stage output tables (read, embedded, text-embedded rows)
+BatchRunner = Callable[[list[dict[str, Any]], MmragConfig], Iterable[pa.Table]]
 
 
 def plan(
-    inputs: list[str], cfg: MmragConfig, store: LanceStore, collection: str
+    inputs: list[str],
+    cfg: MmragConfig,
+    store: LanceStore,
+    collection: str,
+    names: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, dict[str, str]]:
-    """Decide what to read: (tasks, errors, skipped). Errors name files by the path the user gave."""
+    """Decide what to read: (tasks, errors, skipped). Errors name files by the path the user gave.
+
+    ``names`` maps a file's URI to the document's identity when they differ (an upload staged in a temporary
+    folder is the document ``upload:<its file name>``): the task then reads ``path`` and stores ``source_uri``."""
     files, problems = sources.expand(inputs, follow_symlinks=cfg.ingest.follow_symlinks)
-    errors = [{"path": p.uri, "reason": p.reason} for p in problems]
+    names = names or {}
+    errors = [{"path": names.get(p.uri, p.uri), "reason": p.reason} for p in problems]
     tasks: list[dict[str, Any]] = []
     shown: dict[str, str] = {}
-    current = store.current_hashes(collection, [f.uri for f in files])
+    current = store.current_hashes(collection, [names.get(f.uri, f.uri) for f in files])
     skipped = 0
     for f in files:
+        if f.uri in names:
+            f = sources.SourceFile(uri=f.uri, size=f.size, given=names[f.uri])
         if f.size == 0:
             errors.append({"path": f.shown, "reason": "empty file (0 bytes)"})
             continue
@@ -118,15 +130,18 @@ def plan(
         except OSError as e:
             errors.append({"path": f.shown, "reason": f"cannot read file: {e}"})
             continue
-        if current.get(f.uri) == digest:
+        identity = names.get(f.uri, f.uri)
+        if current.get(identity) == digest:
             skipped += 1
             continue
         kind = readers.detect_kind(head)
         if kind is None:
             errors.append({"path": f.shown, "reason": readers.describe_unknown(head)})
             continue
-        tasks.append({"collection": collection, "source_uri": f.uri, "content_hash": digest, "doc_kind": kind})
-        shown[f.uri] = f.shown
+        tasks.append(
+            {"collection": collection, "source_uri": identity, "path": f.uri, "content_hash": digest, "doc_kind": kind}
+        )
+        shown[identity] = f.shown
     return tasks, errors, skipped, shown
 
 
@@ -152,9 +167,15 @@ def ingest(
     store: LanceStore | None = None,
     progress: ProgressFn | None = None,
     calibrate: bool = True,
+    runner: BatchRunner | None = None,
+    names: dict[str, str] | None = None,
+    optimize: bool | None = None,
 ) -> IngestSummary:
     """Ingest files, directories, globs or object-store URIs into the configured store, then re-calibrate the
     collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it).
+
+    ``runner``/``names``: see :func:`_ingest` and :func:`plan` (the ingestion service passes its warm stages and
+    the uploads' names); ``optimize`` overrides ``store.writer.optimize_after_ingest``.
 
     Raises :class:`mmrag.store.lease.LeaseHeldError` (a ValueError) without writing anything when another writer
     holds the store."""
@@ -163,9 +184,11 @@ def ingest(
     S.validate_collection(collection)
     store = store or LanceStore.from_config(cfg.store)
     summary = IngestSummary(collection=collection, store=store.uri)
+    if optimize is None:
+        optimize = cfg.store.writer.optimize_after_ingest
     with WriterLease.from_config(store, cfg.store.writer, purpose=f"ingest into {collection}") as lease:
-        wrote = _ingest(inputs, cfg, collection, store, summary, lease, progress)
-        if wrote and cfg.store.writer.optimize_after_ingest:
+        wrote = _ingest(inputs, cfg, collection, store, summary, lease, progress, runner=runner, names=names)
+        if wrote and optimize:
             t0 = time.perf_counter()
             summary.optimize = _optimize(store, cfg, lease)
             summary.stage_seconds["optimize"] = time.perf_counter() - t0
@@ -185,12 +208,14 @@ def _ingest(
     summary: IngestSummary,
     lease: WriterLease,
     progress: ProgressFn | None,
+    *,
+    runner: BatchRunner | None = None,
+    names: dict[str, str] | None = None,
 ) -> bool:
-    """The run itself, under the writer lease; fills ``summary`` and returns whether it wrote anything."""
-    import ray
+    """The run itself, under the writer lease; fills ``summary`` and returns whether it wrote anything.
 
-    from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
-
+    ``runner`` turns the planned tasks into the stream of stage output tables: Ray Data's actor pools by default,
+    or warm in-process stages (:class:`mmrag.ingest.warm.WarmStages`) for the ingestion service."""
     run_id = uuid.uuid4().hex[:12]
     dim = cfg.models.retriever.dim
     text_dim = cfg.models.text.dim if cfg.models.text is not None else None
@@ -203,7 +228,7 @@ def _ingest(
 
     _check_ocr(cfg)
     t_plan = time.perf_counter()
-    tasks, plan_errors, skipped, shown = plan(inputs, cfg, store, collection)
+    tasks, plan_errors, skipped, shown = plan(inputs, cfg, store, collection, names)
     stage_s = {
         "plan": time.perf_counter() - t_plan,
         "read": 0.0,
@@ -225,54 +250,7 @@ def _ingest(
         summary.stage_seconds = stage_s
         return bool(plan_errors)
 
-    init_ray(cfg.server)
-    from ray.data import DataContext
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # after ray.data configured its loggers
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.verbose_stats_logs = False
-    ctx.target_max_block_size = STREAM_BLOCK_BYTES
-
-    encoder_pixels = cfg.models.retriever.max_image_pixels
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
-    ds = ds.map_batches(
-        ReadStage,
-        fn_constructor_kwargs={
-            "ingest_cfg": cfg.ingest.model_dump(),
-            "encoder_pixels": encoder_pixels,
-            "rows_per_table": cfg.ingest.embed.batch_size,
-        },
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=cfg.ingest.read.num_cpus,
-        # one file at a time per reader: a reader takes the next file when it is free, so one long PDF
-        # does not leave files queued behind it while another reader idles
-        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.read.concurrency, max_tasks_in_flight_per_actor=1),
-    )
-    ds = ds.map_batches(
-        EmbedStage,
-        fn_constructor_kwargs={
-            "models_cfg": cfg.models.model_dump(),
-            "token_pooling_factor": cfg.ingest.token_pooling_factor,
-            "batch_size": cfg.ingest.embed.batch_size,
-        },
-        batch_size=cfg.ingest.embed.batch_size,
-        batch_format="pyarrow",
-        num_cpus=cfg.ingest.embed.num_cpus,
-        num_gpus=cfg.ingest.embed.num_gpus or None,
-        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
-    )
-    if cfg.models.text is not None:
-        ds = ds.map_batches(
-            TextEmbedStage,
-            fn_constructor_kwargs={"text_cfg": cfg.models.text.model_dump()},
-            batch_size=cfg.ingest.text_embed.batch_size,
-            batch_format="pyarrow",
-            num_cpus=cfg.ingest.text_embed.num_cpus,
-            num_gpus=cfg.ingest.text_embed.num_gpus or None,
-            compute=ray.data.ActorPoolStrategy(size=cfg.ingest.text_embed.concurrency),
-        )
+    batches = (runner or _ray_data_batches)(tasks, cfg)
 
     docs = {t["source_uri"]: _DocProgress(t["source_uri"], t["content_hash"], t["doc_kind"]) for t in tasks}
     store.begin_documents(collection, [(d.source_uri, d.content_hash) for d in docs.values()])
@@ -285,7 +263,7 @@ def _ingest(
             store.add_items(pa.concat_tables(buffered))
             buffered.clear()
 
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for batch in batches:
         t0 = time.perf_counter()
         stage_s["read"] += float(pc.sum(batch["read_s"]).as_py() or 0)
         items = batch.filter(pc.equal(batch["kind"], "item"))
@@ -348,6 +326,64 @@ def _ingest(
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
     summary.stage_seconds = stage_s
     return True
+
+
+def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:
+    """Read, embed and text-embed ``tasks`` on Ray Data (actor pools per stage); the stream of output tables."""
+    import ray
+
+    from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
+
+    init_ray(cfg.server)
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # after ray.data configured its loggers
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.verbose_stats_logs = False
+    ctx.target_max_block_size = STREAM_BLOCK_BYTES
+
+    encoder_pixels = cfg.models.retriever.max_image_pixels
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+    ds = ds.map_batches(
+        ReadStage,
+        fn_constructor_kwargs={
+            "ingest_cfg": cfg.ingest.model_dump(),
+            "encoder_pixels": encoder_pixels,
+            "rows_per_table": cfg.ingest.embed.batch_size,
+        },
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=cfg.ingest.read.num_cpus,
+        # one file at a time per reader: a reader takes the next file when it is free, so one long PDF
+        # does not leave files queued behind it while another reader idles
+        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.read.concurrency, max_tasks_in_flight_per_actor=1),
+    )
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={
+            "models_cfg": cfg.models.model_dump(),
+            "token_pooling_factor": cfg.ingest.token_pooling_factor,
+            "batch_size": cfg.ingest.embed.batch_size,
+        },
+        batch_size=cfg.ingest.embed.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.ingest.embed.num_cpus,
+        num_gpus=cfg.ingest.embed.num_gpus or None,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
+    )
+    if cfg.models.text is not None:
+        ds = ds.map_batches(
+            TextEmbedStage,
+            fn_constructor_kwargs={"text_cfg": cfg.models.text.model_dump()},
+            batch_size=cfg.ingest.text_embed.batch_size,
+            batch_format="pyarrow",
+            num_cpus=cfg.ingest.text_embed.num_cpus,
+            num_gpus=cfg.ingest.text_embed.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ingest.text_embed.concurrency),
+        )
+
+    return ds.iter_batches(batch_format="pyarrow", batch_size=None)  # type: ignore[no-any-return]
 
 
 def _optimize(store: LanceStore, cfg: MmragConfig, lease: WriterLease) -> dict[str, Any]:

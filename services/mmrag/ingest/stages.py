@@ -84,7 +84,8 @@ def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
 class ReadStage:
     """Decode files into items: render PDF pages, load images, sample clip frames; OCR where needed.
 
-    Input rows: ``collection``, ``source_uri``, ``content_hash``, ``doc_kind``. Output: stream rows,
+    Input rows: ``collection``, ``source_uri`` (the document), ``path`` (where to read it, when that differs: a
+    staged upload), ``content_hash``, ``doc_kind``. Output: stream rows,
     yielded ``rows_per_table`` at a time (the pipeline passes the embed batch size and lets each table
     become its own block), so embedding starts after the first few pages of a document, not after the
     whole document, and a 700-page PDF never sits in memory whole.
@@ -115,7 +116,7 @@ class ReadStage:
         pending: list[dict[str, Any]] = []
         resumed = time.perf_counter()  # busy time runs from here to the next yield
         try:
-            with local_path(doc["source_uri"]) as path:
+            with local_path(doc.get("path") or doc["source_uri"]) as path:
                 records = readers.read_any(path, self.cfg, kind=doc["doc_kind"], render_pixels=self.render_pixels)
                 for rec in records:
                     if isinstance(rec, readers.DecodeError):

@@ -144,7 +144,14 @@ def read_video(
             with contextlib.suppress(Exception):
                 vr = open_reader(os.fspath(path), width=tw, height=th, num_threads=num_threads)
 
-    windows = clip_windows(duration, cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
+    windows = clip_windows(min(duration, cfg.max_video_seconds), cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
+    if duration > cfg.max_video_seconds:
+        yield DecodeError(
+            src,
+            f"video is {duration:.0f} s long; only its first {cfg.max_video_seconds:g} s were read "
+            "(ingest.max_video_seconds)",
+            "skipped",
+        )
     for k, window in enumerate(windows):
         idx = sample_indices(starts, window, cfg.frames_per_clip)
         frames, good, failure = _decode_frames(vr, idx)

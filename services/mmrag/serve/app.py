@@ -43,7 +43,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def build_app_from_config(cfg: MmragConfig) -> Application:
-    """Gateway(retriever, reranker, generator); no generator with ``generator.engine: none`` (search only)."""
+    """Gateway(retriever, reranker, generator, ingestor); no generator with ``generator.engine: none`` (search only),
+    no ingestor with ``ingestor.enabled: false``."""
     from mmrag.models.prepare import prepare_models
     from mmrag.serve.gateway import Gateway
     from mmrag.serve.generator import is_vision_model
@@ -71,4 +72,9 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
         # per-replica limit would queue requests ahead of them, where no gate sees them (measured: 8-23 s queues
         # at 2-4x capacity with max_ongoing_requests 64), so it is lifted to the gates' ceiling.
         gw["max_ongoing_requests"] = max(gw["max_ongoing_requests"], ADMISSION_CEILING)
-    return Gateway.options(**gw).bind(tree, retriever, reranker, generator)
+    ingestor = None
+    if cfg.ingestor.enabled:
+        from mmrag.serve.ingestor import Ingestor
+
+        ingestor = Ingestor.options(**cfg.ingestor.serve_options()).bind(tree)
+    return Gateway.options(**gw).bind(tree, retriever, reranker, generator, ingestor=ingestor)

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
@@ -27,7 +26,9 @@ from mmrag.config import MmragConfig
 from mmrag.models.rerankers import exact_maxsim
 from mmrag.serve import access
 from mmrag.serve import answer as A
-from mmrag.serve.http_layer import ApiError, install_error_handlers
+from mmrag.serve.api import api
+from mmrag.serve.documents import DocumentRoutes
+from mmrag.serve.http_layer import ApiError
 from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.schemas import (
     AnswerRequest,
@@ -50,18 +51,9 @@ SSE = {"content": {"text/event-stream": {}}}
 log = logging.getLogger(__name__)
 
 
-api = FastAPI(
-    title="mmrag",
-    version=__version__,
-    description="Multimodal RAG over PDFs, images and videos: search, answer with citations.",
-)
-install_error_handlers(api)
-api.add_middleware(access.AccessControl)  # outermost: every request, 413s included, is authenticated and audited
-
-
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway:
+class Gateway(DocumentRoutes):
     def __init__(
         self,
         config: dict[str, Any],
@@ -69,6 +61,7 @@ class Gateway:
         reranker: Any,
         generator: Any = None,
         *,
+        ingestor: Any = None,
         store: Any = None,
         metrics: GatewayMetrics | None = None,
     ) -> None:
@@ -76,6 +69,8 @@ class Gateway:
         self.retriever = retriever
         self.reranker = reranker
         self.generator = generator
+        self.ingestor = ingestor
+        self._documents_setup()
         if store is None:
             from mmrag.store import LanceStore
 
@@ -124,16 +119,17 @@ class Gateway:
         self.sources = PromptSources(self.cfg, self.store, self._pool)
 
     # ------------------------------------------------------------------------------ helpers
-    def _known_collections(self, want: str | None = None) -> set[str]:
+    async def _known_collections(self, want: str | None = None) -> set[str]:
         """Collection names, from a cache: a store query costs ~5-10 ms, too much for every request.
 
         A stale cache (over ``COLLECTIONS_TTL_S``) is refreshed in the background while requests use it; a name
-        not in it (``want``) is looked up at once, unless the cache was just refreshed, so a collection ingested a
-        moment ago is found on the first request."""
+        not in it (``want``) is looked up at once (in a thread: the event loop serves every other request and stream
+        meanwhile), unless the cache was just refreshed, so a collection ingested a moment ago is found on the first
+        request."""
         at, names = self._collections
         age = time.monotonic() - at
         if not at or (want is not None and want not in names and age > 1.0):
-            return self.store.visible(self._refresh_collections())
+            return self.store.visible(await asyncio.to_thread(self._refresh_collections))
         if age > COLLECTIONS_TTL_S and not self._collections_refreshing:
             self._collections_refreshing = True
             self._pool.submit(self._refresh_collections)
@@ -151,7 +147,7 @@ class Gateway:
         finally:
             self._collections_refreshing = False
 
-    def _check(self, req: SearchRequest) -> str:
+    async def _check(self, req: SearchRequest) -> str:
         q = req.query.strip()
         if not q:
             raise ApiError(400, "invalid_request", "query must not be empty", "query")
@@ -176,7 +172,7 @@ class Gateway:
             except ValidationError as e:
                 msg = e.errors()[0]["msg"] if e.errors() else "invalid filters"
                 raise ApiError(400, "invalid_request", f"filters: {msg}", "filters") from e
-        if collection not in self._known_collections(collection):
+        if collection not in await self._known_collections(collection):
             raise ApiError(
                 404, "collection_not_found", f"no collection named {collection!r}; ingest into it first", "collection"
             )
@@ -210,7 +206,7 @@ class Gateway:
         from mmrag.calibration.policy import resolve
         from mmrag.store.fusion import blend_rerank
 
-        collection = self._check(req)
+        collection = await self._check(req)
         if self._rerank_info is None:
             self._rerank_info = await self.reranker.info.remote()
         kind = self._rerank_info["kind"]
@@ -615,4 +611,4 @@ class Gateway:
     async def healthz(self) -> dict[str, Any]:
         """Liveness/readiness: the gateway answers and the store is reachable. Lists the collections the caller may
         read (with ``server.auth: required``, none without a key: this path needs none)."""
-        return {"status": "ok", "version": __version__, "collections": sorted(self._known_collections())}
+        return {"status": "ok", "version": __version__, "collections": sorted(await self._known_collections())}

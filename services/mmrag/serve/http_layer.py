@@ -8,6 +8,7 @@ handlers and :class:`BodyLimit` on an app (the gateway's, and the tests' small o
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -77,8 +78,18 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
 
+#: Uploads (``POST /v1/collections/{name}/documents``) may be larger: ``ingestor.max_upload_bytes``, set by the
+#: gateway at start (:func:`set_upload_limit`).
+UPLOAD_PATH = re.compile(r"/v1/collections/[^/]+/documents$")
+_upload_limit = {"bytes": 256 * 1024**2}
+
+
+def set_upload_limit(max_bytes: int) -> None:
+    _upload_limit["bytes"] = max_bytes
+
+
 class BodyLimit:
-    """413 for a request body over ``max_bytes``; a plain ASGI middleware.
+    """413 for a request body over ``max_bytes`` (``ingestor.max_upload_bytes`` for an upload); plain ASGI.
 
     A Content-Length over the limit (or not a number) is refused before anything is read. A body without one
     (``Transfer-Encoding: chunked``) is counted as it arrives: at the limit the client gets the 413, the app is told
@@ -90,18 +101,22 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    def _too_large(self) -> JSONResponse:
-        body = error_json("request_too_large", f"request bodies are limited to {self.max_bytes} bytes")
+    @staticmethod
+    def _too_large(limit: int) -> JSONResponse:
+        body = error_json("request_too_large", f"request bodies are limited to {limit} bytes here")
         return JSONResponse(body, status_code=413)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_bytes
+        if scope.get("method") == "POST" and UPLOAD_PATH.search(scope.get("path", "")):
+            limit = _upload_limit["bytes"]
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._too_large()(scope, receive, send)
+                if not value.isdigit() or int(value) > limit:
+                    await self._too_large(limit)(scope, receive, send)
                     return
                 await self.app(scope, receive, send)  # the server delivers no more than it announced
                 return
@@ -113,9 +128,9 @@ class BodyLimit:
             msg = await receive()
             if msg["type"] == "http.request":
                 state["received"] += len(msg.get("body") or b"")
-                if state["received"] > self.max_bytes:
+                if state["received"] > limit:
                     state["rejected"] = True
-                    await self._too_large()(scope, receive, send)
+                    await self._too_large(limit)(scope, receive, send)
                     return {"type": "http.disconnect"}
             return msg
 
@@ -126,4 +141,4 @@ class BodyLimit:
         await self.app(scope, counted, guarded)
 
 
-__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "install_error_handlers"]
+__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "install_error_handlers", "set_upload_limit"]

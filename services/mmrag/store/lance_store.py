@@ -396,6 +396,13 @@ class LanceStore:
             ((col("collection") == lit(collection)) & (col("created_at") < lit(row["created_at"][0].as_py()))).to_sql()
         )
 
+    def delete_calibration(self, collection: str) -> None:
+        """Forget a collection's calibration (its documents were all deleted)."""
+        from lancedb.expr import col, lit
+
+        if self._has(S.CALIBRATION):
+            self.table(S.CALIBRATION).delete((col("collection") == lit(collection)).to_sql())
+
     def calibrations(self) -> dict[str, dict[str, Any]]:
         """collection -> its newest calibration record (``n_items``, ``fingerprint``, ``created_at`` added)."""
         import json

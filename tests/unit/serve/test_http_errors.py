@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from mmrag.serve.http_layer import MAX_BODY_BYTES, BodyLimit, install_error_handlers
+from mmrag.serve.http_layer import MAX_BODY_BYTES, BodyLimit, install_error_handlers, set_upload_limit
 from mmrag.serve.schemas import SearchRequest
 
 pytestmark = pytest.mark.unit
@@ -20,6 +20,10 @@ def client() -> TestClient:
     @app.post("/v1/search")
     async def search(req: SearchRequest) -> dict:
         return {"ok": req.query}
+
+    @app.post("/v1/collections/{name}/documents")
+    async def upload(name: str, request: Request) -> dict:
+        return {"bytes": len(await request.body())}
 
     @app.get("/boom/{kind}")
     async def boom(kind: str) -> dict:
@@ -130,6 +134,23 @@ def test_chunked_body_is_counted_as_it_streams(client: TestClient) -> None:
     # a small chunked body still goes through
     r = client.post("/v1/search", content=iter([b'{"query": ', b'"ok"}']), headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json() == {"ok": "ok"}
+
+
+def test_uploads_have_their_own_limit(client: TestClient) -> None:
+    """Uploads may be larger than other bodies (ingestor.max_upload_bytes), and are limited all the same."""
+    set_upload_limit(3 * MAX_BODY_BYTES)
+    try:
+        body = b"x" * (2 * MAX_BODY_BYTES)
+        r = client.post("/v1/collections/docs/documents", content=body)
+        assert r.status_code == 200 and r.json() == {"bytes": len(body)}
+        r = client.post("/v1/collections/docs/documents", content=b"x" * (3 * MAX_BODY_BYTES + 1))
+        assert r.status_code == 413 and str(3 * MAX_BODY_BYTES) in _err(r)["message"]
+        chunked = client.post("/v1/collections/docs/documents", content=iter([b"x" * MAX_BODY_BYTES] * 4))
+        assert chunked.status_code == 413
+        # the larger limit is only for uploads
+        assert client.post("/v1/search", content=body, headers={"content-type": "application/json"}).status_code == 413
+    finally:
+        set_upload_limit(256 * 1024**2)
 
 
 def test_unknown_route_is_json_404(client: TestClient) -> None:
