@@ -188,6 +188,18 @@ class GeneratorModelConfig(ModelSource):
     )
     served_model_name: str = Field(default="mmrag", description="Model name the OpenAI-compatible API reports.")
     max_model_len: int = Field(default=1024, ge=128, description="Context length given to vLLM.")
+    prompt_tokens: Literal["exact", "bound"] = Field(
+        default="exact",
+        description="How the gateway counts prompt tokens for the budget: exact (the generator's own tokenizer, "
+        "loaded in the gateway; falls back to bound if it cannot be loaded) or bound (one token per UTF-8 byte, "
+        "a true upper bound for byte-level BPEs that leaves most of the budget unused on English text).",
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=64,
+        description="Prompt tokens at most (instructions, question, history, sources); None: max_model_len minus "
+        "the answer's max_tokens. Lower it to bound time to first token where prefill is slow (CPU).",
+    )
     max_images_per_prompt: int = Field(default=4, ge=0, le=64, description="Images placed in one prompt.")
     image_max_pixels: int = Field(default=64 * 28 * 28, ge=4 * 28 * 28, description="Pixels per prompt image.")
     max_tokens: int = Field(default=64, ge=1, description="Default answer length in tokens.")

@@ -117,6 +117,10 @@ class Gateway(DocumentRoutes):
         from mmrag.serve.sources import PromptSources
 
         self.sources = PromptSources(self.cfg, self.store, self._pool)
+        from mmrag.serve.prompt import prompt_counter
+
+        # prompt budgets counted with the generator's own tokenizer (models.generator.prompt_tokens)
+        self._count = prompt_counter(self.cfg) if generator is not None else None
 
     # ------------------------------------------------------------------------------ helpers
     async def _known_collections(self, want: str | None = None) -> set[str]:
@@ -268,7 +272,9 @@ class Gateway(DocumentRoutes):
         sources = self.sources.get(hits)
         contexts = [{**h, "image": None, **sources.get(h["id"], {})} for h in hits]
         try:
-            return build_prompt_sources(query, contexts, self.cfg, max_tokens=max_tokens, history=history or ())
+            return build_prompt_sources(
+                query, contexts, self.cfg, max_tokens=max_tokens, count_tokens=self._count, history=history or ()
+            )
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "max_tokens") from e
 

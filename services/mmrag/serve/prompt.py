@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from mmrag.config import MmragConfig
 from mmrag.imaging import IMAGE_UNIT, prepare_image
 from mmrag.serve.generator import is_vision_model
 
+log = logging.getLogger(__name__)
+
 TokenCounter = Callable[[str], int]
 
 #: Tokens the chat template adds around three messages (``<|im_start|>role\n ... <|im_end|>\n``) plus the
@@ -32,7 +35,7 @@ TURN_TOKENS = 6
 #: ``<|vision_start|>`` and ``<|vision_end|>`` around each image's visual tokens.
 IMAGE_WRAPPER_TOKENS = 2
 #: Slack per text part: a tokenizer may split differently at the seams between parts.
-PART_SLACK = 1
+PART_SLACK = 2
 #: A snippet shorter than this many tokens is left out rather than cut to a stub.
 MIN_SNIPPET_TOKENS = 8
 ELLIPSIS = "…"
@@ -70,7 +73,10 @@ def estimate_tokens(text: str) -> int:
 
 
 def token_counter(cfg: MmragConfig) -> TokenCounter:
-    """An exact counter from the generator's own tokenizer (loads transformers and the tokenizer files)."""
+    """An exact counter from the generator's own tokenizer (loads transformers and the tokenizer files).
+
+    Each part of a prompt is counted on its own; :data:`PART_SLACK` per part covers the merges a tokenizer may do
+    differently where parts meet."""
     from transformers import AutoTokenizer
 
     m = cfg.models.generator
@@ -80,6 +86,19 @@ def token_counter(cfg: MmragConfig) -> TokenCounter:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     return count
+
+
+def prompt_counter(cfg: MmragConfig) -> TokenCounter:
+    """The counter ``models.generator.prompt_tokens`` asks for; the byte bound when the tokenizer cannot be loaded
+    (logged: prompts then carry less text, never too much)."""
+    if cfg.models.generator.prompt_tokens == "bound":
+        return estimate_tokens
+    try:
+        return token_counter(cfg)
+    except Exception:
+        log.warning("cannot load the generator's tokenizer to count prompt tokens; counting one per byte instead",
+                    exc_info=True)  # fmt: skip
+        return estimate_tokens
 
 
 _SPECIAL_TOKEN = re.compile(r"<\|[^<>|\s]{0,64}\|>")
@@ -200,7 +219,8 @@ def build_prompt_sources(
     ``text``); the n-th is labelled ``[n]`` so an answer's ``[n]`` points at
     ``contexts[n - 1]``. In rank order each gets its label line and, for the first
     ``max_images_per_prompt`` with an image, that image (resized to ``image_max_pixels``); the remaining budget
-    goes to the text snippets, shared out evenly. Everything fits ``max_model_len - max_tokens`` by
+    goes to the text snippets, shared out evenly. Everything fits ``max_model_len - max_tokens`` (and
+    ``max_prompt_tokens``) by
     ``count_tokens`` (default :func:`estimate_tokens`, an upper bound); contexts that no longer fit even
     a label are left out, and the question is cut to a third of the budget at most. ``n``: how many of
     ``contexts`` (the first ``n``) made it into the prompt, i.e. which ``[n]`` an answer can cite.
@@ -216,7 +236,10 @@ def build_prompt_sources(
     def cost(text: str) -> int:
         return count(text) + PART_SLACK
 
-    budget = m.max_model_len - answer_tokens - TEMPLATE_TOKENS - cost(system)
+    room = m.max_model_len - answer_tokens
+    if m.max_prompt_tokens is not None:
+        room = min(room, m.max_prompt_tokens)
+    budget = room - TEMPLATE_TOKENS - cost(system)
     q_prefix = "Question: "
     q_room = budget // 3 - cost(q_prefix)
     if q_room < MIN_SNIPPET_TOKENS:

@@ -17,9 +17,11 @@ from mmrag.serve.prompt import (
     FENCE_OPEN,
     SYSTEM_PROMPT,
     build_prompt,
+    build_prompt_sources,
     context_label,
     estimate_prompt_tokens,
     estimate_tokens,
+    prompt_counter,
     truncate_to_tokens,
 )
 
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.unit
 
 
 #: The vision-language path: the tiny Qwen2-VL as local-cpu served it before SmolLM2 (text only) became its default.
-VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32, "max_prompt_tokens": None}
 
 
 def _cfg(**generator) -> MmragConfig:
@@ -288,8 +290,11 @@ def test_nan_and_odd_fields_do_not_crash() -> None:
 
 # ------------------------------------------------------------------------------------------- text-only generators
 def _text_cfg(**generator) -> MmragConfig:
-    """local-cpu's own generator: SmolLM2 (real weights, text only)."""
-    return load_config("local-cpu", {"models": {"generator": generator}} if generator else None, use_env=False)
+    """local-cpu's own generator: SmolLM2 (real weights, text only), budgeted by the byte bound up to the context
+    (these tests pass no exact counter; the profile's max_prompt_tokens is for the exact one)."""
+    return load_config(
+        "local-cpu", {"models": {"generator": {"max_prompt_tokens": None, **generator}}}, use_env=False
+    )
 
 
 def test_text_only_generator_gets_one_string_without_images() -> None:
@@ -358,3 +363,33 @@ def test_earlier_turns_go_in_as_chat_turns_within_their_share() -> None:
     assert kept and kept[-1].startswith("turn 39") and not any(k.startswith("turn 0 ") for k in kept)
     assert sum(estimate_tokens(k) for k in kept) <= _bound(cfg) // 4
     assert estimate_prompt_tokens(msgs) <= _bound(cfg)
+
+
+def test_max_prompt_tokens_caps_the_prompt_by_the_counter_in_use() -> None:
+    """With an exact counter the budget is used as counted; max_prompt_tokens bounds it below the context."""
+
+    def words(text: str) -> int:  # a stand-in exact counter: one token per word
+        return len(text.split())
+
+    text = " ".join(f"word{i}" for i in range(3000))
+    ctxs = [{"modality": "page", "source_uri": f"/d/{i}.pdf", "page": 1, "text": text} for i in range(4)]
+    cfg = _cfg(vision=False, max_prompt_tokens=300)
+    msgs, n = build_prompt_sources("what?", ctxs, cfg, count_tokens=words)
+    assert n == 4
+    total = estimate_prompt_tokens(msgs, count_tokens=words)
+    assert 200 < total <= 300, total  # nearly all of the budget, never over it
+    wide = build_prompt("what?", ctxs, _cfg(vision=False), count_tokens=words)
+    assert estimate_prompt_tokens(wide, count_tokens=words) > 600  # without the cap: max_model_len - max_tokens
+    # the byte bound leaves most of a budget unused on English text
+    cfg600 = _cfg(vision=False, max_prompt_tokens=600)
+    exact = estimate_prompt_tokens(build_prompt("what?", ctxs, cfg600, count_tokens=words), count_tokens=words)
+    bound = estimate_prompt_tokens(build_prompt("what?", ctxs, cfg600), count_tokens=words)
+    assert bound < exact / 2, (bound, exact)
+
+
+def test_the_prompt_counter_falls_back_to_the_bound(tmp_path) -> None:
+    assert prompt_counter(_cfg(prompt_tokens="bound")) is estimate_tokens
+    missing = load_config(
+        "local-cpu", {"models": {"generator": {"model": str(tmp_path / "no-such-model")}}}, use_env=False
+    )
+    assert prompt_counter(missing) is estimate_tokens
