@@ -292,9 +292,7 @@ def test_nan_and_odd_fields_do_not_crash() -> None:
 def _text_cfg(**generator) -> MmragConfig:
     """local-cpu's own generator: SmolLM2 (real weights, text only), budgeted by the byte bound up to the context
     (these tests pass no exact counter; the profile's max_prompt_tokens is for the exact one)."""
-    return load_config(
-        "local-cpu", {"models": {"generator": {"max_prompt_tokens": None, **generator}}}, use_env=False
-    )
+    return load_config("local-cpu", {"models": {"generator": {"max_prompt_tokens": None, **generator}}}, use_env=False)
 
 
 def test_text_only_generator_gets_one_string_without_images() -> None:
