@@ -59,6 +59,55 @@ def ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, np.int64) - seg, lens) + np.arange(total, dtype=np.int64)
 
 
+def offsets(lens: np.ndarray) -> np.ndarray:
+    """Exclusive cumulative sum: where each of ``lens``' segments starts when laid end to end."""
+    out = np.zeros(len(lens), np.int64)
+    if len(lens):
+        out[1:] = np.cumsum(lens)[:-1]
+    return out
+
+
+def capacity(live: int) -> int:
+    """Vectors to allocate for ``live`` ones: a quarter more (at least 64k), so that later appends land in the tail
+    without copying what is there (np.empty's untouched pages cost no RAM)."""
+    return live + max(live // 4, 1 << 16)
+
+
+def make_room(
+    arena: np.ndarray,
+    scales: np.ndarray | None,
+    used: int,
+    start: np.ndarray,
+    lens: np.ndarray,
+    fresh: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
+    """Room for the ``fresh`` rows' vectors in a flat arena that older snapshots share; returns
+    ``(arena, scales, start, used)``.
+
+    ``start`` holds the kept rows' offsets into ``arena``; ``fresh`` rows get room past ``used`` (the high-water mark
+    of the snapshot being replaced), where no older snapshot reads, so the arena is shared and nothing is copied. When
+    the tail is too short, or removed rows' holes would pass a quarter of the arena, the live rows are copied into a
+    new arena in row order instead (amortised: it takes many refreshes to fill a quarter).
+    """
+    need = int(lens[fresh].sum())
+    live = int(lens.sum())
+    if used + need <= len(arena) and used + need - live <= len(arena) // 4:
+        start[fresh] = used + offsets(lens[fresh])
+        return arena, scales, start, used + need
+    new_start = offsets(lens)
+    is_fresh = np.zeros(len(lens), bool)
+    is_fresh[fresh] = True
+    kept = np.flatnonzero(~is_fresh & (lens > 0))
+    out = np.empty((capacity(live), arena.shape[1]), arena.dtype)
+    dst, src = ranges(new_start[kept], lens[kept]), ranges(start[kept], lens[kept])
+    out[dst] = arena[src]
+    out_scales = None
+    if scales is not None:
+        out_scales = np.empty(len(out), scales.dtype)
+        out_scales[dst] = scales[src]
+    return out, out_scales, new_start, live
+
+
 def fill(
     tokens: np.ndarray, scales: np.ndarray | None, start: int, want: int, mv: np.ndarray, store: TokenStore
 ) -> int:
@@ -82,4 +131,15 @@ def fill(
     return bad
 
 
-__all__ = ["TokenStore", "fill", "multivectors", "quantise", "ranges", "top", "top_idx"]
+__all__ = [
+    "TokenStore",
+    "capacity",
+    "fill",
+    "make_room",
+    "multivectors",
+    "offsets",
+    "quantise",
+    "ranges",
+    "top",
+    "top_idx",
+]

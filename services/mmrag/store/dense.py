@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrag.store.cascade import quantise, ranges, top
+from mmrag.store.cascade import capacity, make_room, offsets, quantise, ranges, top
 from mmrag.store.schema import TEXT_VECTOR
 
 #: Dimensions of the projected mean vectors the first stage scores.
@@ -35,14 +35,16 @@ class TextVectors:
     mean: np.ndarray  # [n, dim] float32, zero rows for items without text
     start: np.ndarray  # int64 [n]: first window of each row in ``chunks``
     count: np.ndarray  # int64 [n]: windows per row (0: no text vectors)
-    chunks: np.ndarray  # [total, dim] int8
-    scale: np.ndarray  # [total] float32
+    chunks: np.ndarray  # [capacity, dim] int8; rows [0, used) hold windows (and holes of removed items)
+    scale: np.ndarray  # [capacity] float32
     proj: np.ndarray | None = None  # [dim, r] projection of the first stage (None: computed on first use)
     mean_r: np.ndarray | None = None  # [n, r] projected mean vectors
+    used: int = 0  # high-water mark in ``chunks``: a later snapshot appends past it (see cascade.make_room)
+    proj_rows: int = 0  # items with text when ``proj`` was computed
 
     @property
     def nbytes(self) -> int:
-        parts = [self.mean, self.start, self.count, self.chunks, self.scale]
+        parts = [self.mean, self.start, self.count, self.chunks[: self.used], self.scale[: self.used]]
         parts += [a for a in (self.proj, self.mean_r) if a is not None]
         return sum(a.nbytes for a in parts)
 
@@ -53,8 +55,9 @@ class TextVectors:
             if len(rows) > 20000:
                 rows = rows[np.random.default_rng(0).choice(len(rows), 20000, replace=False)]
             _, vecs = np.linalg.eigh(rows.T @ rows)  # ascending eigenvalues
-            self.proj = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
-            self.mean_r = np.ascontiguousarray(self.mean @ self.proj, dtype=np.float32)
+            proj = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+            self.mean_r = np.ascontiguousarray(self.mean @ proj, dtype=np.float32)
+            self.proj, self.proj_rows = proj, int((self.count > 0).sum())
         return self.proj, self.mean_r
 
     @classmethod
@@ -86,17 +89,54 @@ class TextVectors:
             parts[r] = (q, sc)
             count[r] = len(win)
             mean[r] = m if m is not None else _unit(np.asarray(win, np.float32).mean(0))
-        start = np.zeros(n, np.int64)
-        if n:
-            start[1:] = np.cumsum(count)[:-1]
+        start = offsets(count)
         total = int(count.sum())
-        chunks = np.empty((total, dim), np.int8)
-        scale = np.empty(total, np.float32)
+        chunks = np.empty((capacity(total), dim), np.int8)
+        scale = np.empty(len(chunks), np.float32)
         for r, (q, sc) in parts.items():
             s = int(start[r])
             chunks[s : s + len(q)] = q
             scale[s : s + len(q)] = sc
-        return cls(dim=dim, mean=mean, start=start, count=count, chunks=chunks, scale=scale)
+        return cls(dim=dim, mean=mean, start=start, count=count, chunks=chunks, scale=scale, used=total)
+
+    def updated(
+        self,
+        n: int,
+        kept: np.ndarray,
+        src: np.ndarray,
+        rows: Iterable[tuple[int, np.ndarray | None, np.ndarray | None]],
+    ) -> TextVectors:
+        """A new snapshot's vectors: row ``kept[j]`` is this one's row ``src[j]`` (nothing copied but the per-row
+        arrays); ``rows`` gives the other rows' windows, written past :attr:`used` in the shared ``chunks``."""
+        mean = np.zeros((n, self.dim), np.float32)
+        mean[kept] = self.mean[src]
+        count = np.zeros(n, np.int64)
+        count[kept] = self.count[src]
+        start = np.zeros(n, np.int64)
+        start[kept] = self.start[src]
+        parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for r, win, m in rows:
+            if win is None or len(win) == 0:
+                continue
+            parts[r] = quantise(np.asarray(win, np.float32), "int8")  # type: ignore[assignment]
+            count[r] = len(win)
+            mean[r] = m if m is not None else _unit(np.asarray(win, np.float32).mean(0))
+        fresh = np.fromiter(parts, np.int64, len(parts))
+        chunks, scale, start, used = make_room(self.chunks, self.scale, self.used, start, count, fresh)
+        for r, (q, sc) in parts.items():
+            s = int(start[r])
+            chunks[s : s + len(q)] = q
+            scale[s : s + len(q)] = sc  # type: ignore[index]
+        out = TextVectors(dim=self.dim, mean=mean, start=start, count=count, chunks=chunks, scale=scale, used=used)  # type: ignore[arg-type]
+        with_text = int((count > 0).sum())
+        if self.proj is not None and self.mean_r is not None and with_text <= 2 * self.proj_rows:
+            # the first stage's projection still fits (it is recomputed once the collection has doubled)
+            mean_r = np.empty((n, self.proj.shape[1]), np.float32)
+            mean_r[kept] = self.mean_r[src]
+            other = np.setdiff1d(np.arange(n), kept)
+            mean_r[other] = mean[other] @ self.proj
+            out.proj, out.mean_r, out.proj_rows = self.proj, mean_r, self.proj_rows
+        return out
 
     def search(
         self,

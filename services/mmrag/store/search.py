@@ -101,7 +101,8 @@ class SearchIndex:
     Build it with :meth:`from_store` / :meth:`from_table` (LanceDB) or :meth:`from_arrays` (benchmarks).
     It holds in RAM, per visible item: the pooled vector (float32), the token vectors quantised per
     ``config.token_store``, and the metadata filters need. :meth:`refresh` picks up new table versions
-    and re-reads only the multivectors of items it has not seen (an item id is a hash of its content).
+    and reads only the rows of items it has not seen, plus the ``id`` column of the visible rows (an item id is a
+    hash of its content; see :mod:`mmrag.store.snapshot`).
     """
 
     def __init__(self, config: SearchIndexConfig | dict[str, Any] | None = None, *, table_opener: Any = None) -> None:
@@ -182,7 +183,8 @@ class SearchIndex:
         return self._snap.nbytes() if self._snap else {}
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Re-read the table if its version changed (one manifest read when it did not); True if reloaded."""
+        """Bring the snapshot to the table's latest version (one manifest read when it did not change): from the
+        old snapshot plus the changed rows, or in full when ``force`` or the schema changed. True if it changed."""
         if self._open is None:
             return False
         with self._lock:
@@ -199,9 +201,11 @@ class SearchIndex:
             t0 = time.perf_counter()
             pinned = self._open()
             pinned.checkout(latest)
-            self._snap = load_snapshot(pinned, latest, old, self.config)
+            snap = load_snapshot(pinned, latest, old, self.config, incremental=not force)
+            self._snap = snap  # one assignment: a search holds either the old snapshot or this one, whole
             self.last_refresh_s = time.perf_counter() - t0
-            log.info("search index at version %s: %d items in %.1fs", latest, self._snap.n, self.last_refresh_s)
+            log.info("search index at version %s: %d items in %.2fs (%s)", latest, snap.n, self.last_refresh_s,
+                     snap.loaded)  # fmt: skip
             return True
 
     # ---------------------------------------------------------------------------------------- visual

@@ -86,6 +86,13 @@ class SearchIndexConfig(BaseModel):
     )
     snippet_chars: int = Field(default=300, ge=0, description="Characters of an item's text returned in a hit.")
     max_query_terms: int = Field(default=64, ge=1, description="Distinct words of a text query passed to BM25.")
+    incremental_max_new: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A refresh fetches only the new items by row id unless more than this share of the visible items "
+        "is new; then it loads in full, streaming every multivector in one scan (cheaper than many takes).",
+    )
     load_batch_rows: int = Field(default=1024, ge=1, description="Rows per batch when reading multivectors.")
     fetch_chunk_rows: int = Field(default=2048, ge=1, description="Row ids per LanceDB take while loading.")
 

@@ -1,11 +1,20 @@
 """The search index's in-memory snapshot: what it holds per visible item, and how it is loaded from LanceDB.
 
 A :class:`Snapshot` is immutable once built; :meth:`mmrag.store.search.SearchIndex.refresh` builds a new one with
-:func:`load_snapshot` (copying the tokens and text vectors of the ids the old one holds) and swaps it in, so
-searches running in other threads never see a half-built index. It keeps, per item, the pooled vector (float32),
-the token vectors quantised per ``token_store`` (:mod:`mmrag.store.cascade`), the dense text channel's vectors
-(:mod:`mmrag.store.dense`) and the metadata that filters and hits are served from; the exact stage's multivectors
-and the texts are read by row id at the snapshot's pinned table version (:meth:`Snapshot.fetch_rows`).
+:func:`load_snapshot` and swaps it in, so searches running in other threads never see a half-built index.
+
+A refresh is incremental (:func:`update_snapshot`): it reads the ``id`` column of the visible rows (with their row
+ids), keeps what the old snapshot holds for the ids still there, and fetches only the new ids' rows by row id. An
+item id is a hash of its content, so a known id never needs re-reading, and a compaction that moved rows only changes
+their row ids, which that scan reads anyway. The token vectors and text windows live in flat arenas shared with the
+old snapshot: new items' vectors are written past the old snapshot's high-water mark, where no reader of it looks
+(:func:`mmrag.store.cascade.make_room`). A full load runs on the first load, on a schema change (another model's
+dimensions, new columns), and when most items are new (one streaming scan then beats many takes).
+
+A snapshot keeps, per item, the pooled vector (float32), the token vectors quantised per ``token_store``
+(:mod:`mmrag.store.cascade`), the dense text channel's vectors (:mod:`mmrag.store.dense`) and the metadata that
+filters and hits are served from; the exact stage's multivectors and the texts are read by row id at the snapshot's
+pinned table version (:meth:`Snapshot.fetch_rows`).
 """
 
 from __future__ import annotations
@@ -13,14 +22,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmrag.store import schema as S
-from mmrag.store.cascade import TokenStore
+from mmrag.store.cascade import TokenStore, capacity, make_room
 from mmrag.store.cascade import fill as _fill
 from mmrag.store.cascade import multivectors as _multivectors
 from mmrag.store.cascade import ranges as _ranges
@@ -59,6 +69,32 @@ class Codes:
     def __getitem__(self, i: int) -> str:
         return self.values[self.codes[i]]
 
+    def updated(self, n: int, kept: np.ndarray, src: np.ndarray, fresh: np.ndarray, values: Sequence[str]) -> Codes:
+        """A new snapshot's column: row ``kept[j]`` has this one's row ``src[j]``'s value, row ``fresh[j]`` has
+        ``values[j]``. The dictionary only grows, until unused values pass half of it."""
+        out = Codes.__new__(Codes)
+        codes = np.empty(n, np.int32)
+        codes[kept] = self.codes[src]
+        vals, index = self.values, self.index
+        added: list[int] = []
+        for v in values:
+            c = index.get(v)
+            if c is None:
+                if vals is self.values:
+                    vals, index = list(vals), dict(index)
+                c = index[v] = len(vals)
+                vals.append(v)
+            added.append(c)
+        codes[fresh] = np.asarray(added, np.int32)
+        live = np.bincount(codes, minlength=len(vals)) > 0 if n else np.zeros(len(vals), bool)
+        if len(vals) > 64 and int(live.sum()) * 2 < len(vals):  # re-encode: removed documents' ids pile up
+            remap = np.cumsum(live) - 1
+            codes = remap[codes].astype(np.int32)
+            vals = [v for v, keep in zip(vals, live, strict=True) if keep]
+            index = {v: i for i, v in enumerate(vals)}
+        out.codes, out.values, out.index = codes, vals, index
+        return out
+
 
 def float_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A nullable numeric column as float64 with NaN for null (NaN compares false, like SQL NULL)."""
@@ -86,13 +122,17 @@ class Snapshot:
     end_s: np.ndarray
     tok_start: np.ndarray  # int64 [n]
     tok_len: np.ndarray  # int64 [n]; 0 = not visually searchable
-    tokens: np.ndarray | None  # [total, dim] int8 / float16, or None
-    tok_scale: np.ndarray | None  # float32 [total] (int8 only)
+    tokens: np.ndarray | None  # [capacity, dim] int8 / float16, or None; rows past ``tok_used`` unused
+    tok_scale: np.ndarray | None  # float32 [capacity] (int8 only)
     exact: list[np.ndarray] | None = None  # array-backed: float32 multivectors
     texts: list[str | None] | None = None  # array-backed: item texts
     has_text: np.ndarray | None = None  # bool [n]: the item has text for BM25 (None: unknown, assume yes)
     text: TextVectors | None = None  # dense text channel (None: the store has no text vectors)
     has_text_ann: bool = False  # the table at ``version`` has a vector index on ``text_vector``
+    tok_used: int = 0  # high-water mark in ``tokens`` (the arena a later snapshot appends to)
+    schema: pa.Schema | None = None  # the table's schema at ``version``: another one means a full load
+    id_array: pa.Array | None = None  # ``ids`` as Arrow strings, for the next refresh's diff
+    loaded: dict[str, Any] = field(default_factory=dict)  # how it was built: mode, rows added / kept / removed
 
     @property
     def n(self) -> int:
@@ -101,8 +141,8 @@ class Snapshot:
     def nbytes(self) -> dict[str, int]:
         out = {
             "pooled": self.pooled.nbytes,
-            "tokens": 0 if self.tokens is None else self.tokens.nbytes,
-            "token_scales": 0 if self.tok_scale is None else self.tok_scale.nbytes,
+            "tokens": 0 if self.tokens is None else self.tokens[: self.tok_used].nbytes,
+            "token_scales": 0 if self.tok_scale is None else self.tok_scale[: self.tok_used].nbytes,
             "offsets": self.tok_start.nbytes + self.tok_len.nbytes,
             "metadata": sum(a.nbytes for a in (self.page, self.start_s, self.end_s, *(c.codes for c in self._codes()))),
         }
@@ -208,13 +248,25 @@ def channels(snap: Snapshot | None) -> list[str]:
     return out
 
 
-def load_snapshot(table: Any, version: int, old: Snapshot | None, config: SearchIndexConfig) -> Snapshot:
-    """A snapshot of the visible items of ``table`` (pinned at ``version``); ``old``'s tokens and text vectors are
-    reused for the ids it already holds (an item id is a hash of its content)."""
+def _visible() -> str:
     from lancedb.expr import col, lit
 
-    dim = table.schema.field("pooled").type.list_size
-    visible = (col("visible") == lit(True)).to_sql()
+    return (col("visible") == lit(True)).to_sql()
+
+
+def load_snapshot(
+    table: Any, version: int, old: Snapshot | None, config: SearchIndexConfig, *, incremental: bool = True
+) -> Snapshot:
+    """A snapshot of the visible items of ``table`` (pinned at ``version``): built from ``old`` plus what changed
+    (:func:`update_snapshot`) when it can be, else loaded in full, reusing ``old``'s tokens and text vectors for the
+    ids it holds (an item id is a hash of its content)."""
+    if incremental and old is not None:
+        snap = update_snapshot(table, version, old, config)
+        if snap is not None:
+            return snap
+    schema = table.schema
+    dim = schema.field("pooled").type.list_size
+    visible = _visible()
     meta = (
         table.search()
         .where(visible)
@@ -270,9 +322,149 @@ def load_snapshot(table: Any, version: int, old: Snapshot | None, config: Search
     snap = build_snapshot(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store)
     snap.version, snap.table, snap.has_fts, snap.has_text_ann = version, table, has_fts, has_text_ann
     snap.has_text = np.asarray([t is not None for t in meta.column("text_source").to_pylist()], dtype=bool)
-    tdim = S.text_dim_of(table.schema)
+    tdim = S.text_dim_of(schema)
     if tdim:
         snap.text = _load_text(table, visible, ids, tdim, old, config)
+    snap.schema = schema
+    id_array = meta.column("id").combine_chunks() if n else pa.array([], pa.string())
+    snap.id_array = id_array if len(snap.id_row) == n else None  # duplicate ids: the next refresh loads in full
+    snap.loaded = {"mode": "full", "rows": n, "reused": len(reuse)}
+    return snap
+
+
+def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndexConfig) -> Snapshot | None:
+    """``old`` brought to ``table``'s pinned ``version`` by reading only what changed, or None when that cannot be
+    done safely (the caller then loads in full).
+
+    Reads the ``id`` column of the visible rows with their row ids (the one pass over every row: ~33 bytes each),
+    then the new ids' rows by row id. Rows are in the order a full load would give them.
+    """
+    schema = table.schema
+    if old.table is None or old.id_array is None or old.schema is None or not schema.equals(old.schema):
+        return None
+    if old.has_text is None or (S.text_dim_of(schema) is not None) != (old.text is not None):
+        return None
+    dim = old.dim
+    scan = table.search().where(_visible()).select(["id"]).with_row_id(True).limit(None).to_arrow()
+    n = scan.num_rows
+    ids_arr = scan.column("id").combine_chunks() if n else pa.array([], pa.string())
+    if ids_arr.null_count or (n and pc.count_distinct(ids_arr).as_py() != n):
+        return None
+    at = pc.index_in(ids_arr, value_set=old.id_array)
+    known = at.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    kept = np.flatnonzero(known)
+    src = at.filter(known).to_numpy(zero_copy_only=False).astype(np.int64) if len(kept) else np.zeros(0, np.int64)
+    fresh = np.flatnonzero(~known)
+    if len(fresh) > config.incremental_max_new * n and len(fresh) > config.fetch_chunk_rows:
+        return None  # mostly new: the full load streams them in one scan
+    row_ids = scan.column("_rowid").to_numpy()
+
+    tdim = old.text.dim if old.text is not None else 0
+    cols = [*META, "pooled", "n_tokens", "text_source"]
+    if config.token_store != "none":
+        cols.append("multivector")
+    if tdim:
+        cols += ["text_vectors", "text_vector"]
+    metas: list[pa.Table] = []
+    toks: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}  # fresh position -> quantised tokens
+    mismatched = 0
+    windows: list[tuple[int, np.ndarray | None, np.ndarray | None]] = []  # (row, windows, mean)
+    fresh_ids = ids_arr.take(pa.array(fresh, pa.int64())) if len(fresh) else pa.array([], pa.string())
+    step = config.fetch_chunk_rows
+    for s in range(0, len(fresh), step):
+        got = table.take_row_ids([int(r) for r in row_ids[fresh[s : s + step]]]).select(cols).to_arrow()
+        pos = pc.index_in(fresh_ids[s : s + step], value_set=got.column("id"))
+        if pos.null_count or got.num_rows != len(pos):
+            return None  # a row id that does not resolve at this pinned version: not provably right
+        got = got.take(pos)
+        if "multivector" in cols:  # quantised now: a big append holds int8 here, not float32
+            want = np.maximum(np.nan_to_num(float_column(got.column("n_tokens"))).astype(np.int64), 0)
+            for j, mv in enumerate(_multivectors(got.column("multivector"), dim)):
+                w = int(want[j])
+                if w:
+                    t = np.empty((w, dim), np.int8 if config.token_store == "int8" else np.float16)
+                    sc = np.empty(w, np.float32) if config.token_store == "int8" else None
+                    mismatched += _fill(t, sc, 0, w, mv, config.token_store)
+                    toks[s + j] = (t, sc)
+        if tdim:
+            means = got.column("text_vector").combine_chunks()
+            for j, w in enumerate(_multivectors(got.column("text_vectors"), tdim)):
+                m = means[j]
+                mean = None if not m.is_valid else np.asarray(m.values.to_numpy(), np.float32)
+                windows.append((int(fresh[s + j]), w.copy() if len(w) else None, mean))
+        metas.append(got.select([*META, "pooled", "n_tokens", "text_source"]))
+    new = pa.concat_tables(metas) if metas else None
+
+    pooled = np.empty((n, dim), np.float32)
+    pooled[kept] = old.pooled[src]
+    tok_len = np.zeros(n, np.int64)
+    tok_len[kept] = old.tok_len[src]
+    page, start_s, end_s = (np.empty(n, np.float64) for _ in range(3))
+    for arr, o in ((page, old.page), (start_s, old.start_s), (end_s, old.end_s)):
+        arr[kept] = o[src]
+    has_text = np.zeros(n, bool)
+    has_text[kept] = old.has_text[src]
+    if new is not None:
+        pcol = new.column("pooled").combine_chunks()
+        if pcol.null_count:
+            pcol = pcol.fill_null(pa.scalar([0.0] * dim, pcol.type))
+        pooled[fresh] = pcol.values.to_numpy(zero_copy_only=False).reshape(len(fresh), dim)
+        tok_len[fresh] = np.maximum(np.nan_to_num(float_column(new.column("n_tokens"))).astype(np.int64), 0)
+        for arr, name in ((page, "page"), (start_s, "start_s"), (end_s, "end_s")):
+            arr[fresh] = float_column(new.column(name))
+        has_text[fresh] = np.asarray([t is not None for t in new.column("text_source").to_pylist()], bool)
+
+    def codes(name: str) -> Codes:
+        old_codes: Codes = getattr(old, name)
+        values = new.column(name).to_pylist() if new is not None else []
+        return old_codes.updated(n, kept, src, fresh, values)
+
+    tokens, scales, tok_used = old.tokens, old.tok_scale, old.tok_used
+    tok_start = np.zeros(n, np.int64)
+    tok_start[kept] = old.tok_start[src]
+    if tokens is not None:
+        placed = fresh[tok_len[fresh] > 0]
+        tokens, scales, tok_start, tok_used = make_room(tokens, scales, tok_used, tok_start, tok_len, placed)
+        for j, (t, sc) in toks.items():
+            st = int(tok_start[fresh[j]])
+            tokens[st : st + len(t)] = t
+            if scales is not None:
+                scales[st : st + len(t)] = sc
+        if mismatched:
+            log.warning("%d items have n_tokens unequal to their multivector's length; token stage pads", mismatched)
+
+    ids = ids_arr.to_pylist()
+    snap = Snapshot(
+        version=version,
+        table=table,
+        has_fts=False,
+        dim=dim,
+        ids=ids,
+        id_row={i: r for r, i in enumerate(ids)},
+        row_ids=row_ids,
+        pooled=pooled,
+        collection=codes("collection"),
+        modality=codes("modality"),
+        doc_id=codes("doc_id"),
+        source_uri=codes("source_uri"),
+        page=page,
+        start_s=start_s,
+        end_s=end_s,
+        tok_start=tok_start,
+        tok_len=tok_len,
+        tokens=tokens,
+        tok_scale=scales,
+        has_text=has_text,
+        tok_used=tok_used,
+        schema=schema,
+        id_array=ids_arr,
+    )
+    indices = table.list_indices()
+    snap.has_fts = any(getattr(i, "columns", None) == ["text"] for i in indices)
+    snap.has_text_ann = any(getattr(i, "columns", None) == [S.TEXT_VECTOR] for i in indices)
+    if old.text is not None:
+        snap.text = old.text.updated(n, kept, src, windows)
+    snap.loaded = {"mode": "incremental", "rows": n, "added": len(fresh), "removed": old.n - len(kept)}
     return snap
 
 
@@ -333,10 +525,10 @@ def build_snapshot(
     if n:
         tok_start[1:] = np.cumsum(tok_len)[:-1]
     tokens = scales = None
+    total = int(tok_len.sum())
     if store != "none":
-        total = int(tok_len.sum())
-        tokens = np.empty((total, dim), np.int8 if store == "int8" else np.float16)
-        scales = np.empty(total, np.float32) if store == "int8" else None
+        tokens = np.empty((capacity(total), dim), np.int8 if store == "int8" else np.float16)
+        scales = np.empty(len(tokens), np.float32) if store == "int8" else None
         if reuse and old is not None:
             dst = _ranges(tok_start[new_rows], tok_len[new_rows])
             src = _ranges(old.tok_start[old_rows], tok_len[new_rows])
@@ -374,6 +566,7 @@ def build_snapshot(
         tok_len=tok_len,
         tokens=tokens,
         tok_scale=scales,
+        tok_used=total if tokens is not None else 0,
     )
 
 
@@ -445,4 +638,5 @@ __all__ = [
     "channels",
     "float_column",
     "load_snapshot",
+    "update_snapshot",
 ]
