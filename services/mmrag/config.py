@@ -534,6 +534,13 @@ class IngestorConfig(DeploymentConfig):
     retry_wait_s: float = Field(
         default=5.0, gt=0, description="Wait before trying again when another writer (mmrag ingest) holds the store."
     )
+    niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice value of the replica's job thread (Linux): ingestion yields the CPU to searches where they "
+        "share cores; 0 keeps normal priority.",
+    )
 
 
 class RerankerConfig(DeploymentConfig):

@@ -226,6 +226,14 @@ class Ingestor:
             self.book.save(job)
 
     def _work(self) -> None:
+        if self.icfg.niceness:
+            # Linux nices threads one by one: the job thread yields the CPU to searches on a shared machine, while
+            # this replica's event loop keeps answering at normal priority. (Threads a library started earlier,
+            # e.g. an OpenMP pool, keep the priority they were started with.)
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.icfg.niceness)
+            except (OSError, AttributeError):
+                log.warning("cannot lower the ingestion worker's priority", exc_info=True)
         while True:
             _, _, kind, payload = self._queue.get()
             try:
