@@ -32,7 +32,10 @@ import pyarrow.compute as pc
 from mmrag.store import schema as S
 from mmrag.store.cascade import TokenStore, capacity, make_room
 from mmrag.store.cascade import fill as _fill
+from mmrag.store.cascade import fill_rows as _fill_rows
+from mmrag.store.cascade import flat_multivectors as _flat_multivectors
 from mmrag.store.cascade import multivectors as _multivectors
+from mmrag.store.cascade import offsets as _offsets
 from mmrag.store.cascade import ranges as _ranges
 from mmrag.store.dense import TextVectors
 from mmrag.store.filters import SearchFilters
@@ -295,9 +298,19 @@ def load_snapshot(
     if old is not None and old.tokens is not None and config.token_store != "none":
         reuse = {r: o for r, o in ((r, old.id_row.get(i)) for r, i in enumerate(ids)) if o is not None}
 
-    def fetch(rows: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    def fetch(rows: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        want = {ids[r]: r for r in rows}
+
+        def batch_rows(got: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            where = [want.get(i, -1) for i in got.column(0).to_pylist()]
+            at = np.asarray(where, np.int64)
+            flat, lens = _flat_multivectors(got.column(1), dim)
+            if (at < 0).any():  # rows whose tokens were reused from the old snapshot
+                keep = at >= 0
+                flat, lens, at = flat[_ranges(_offsets(lens)[keep], lens[keep])], lens[keep], at[keep]
+            return at, flat, lens
+
         if len(rows) > 0.5 * n:  # mostly new: one streaming scan beats many takes
-            want = {ids[r]: r for r in rows}
             reader = (
                 table.search()
                 .where(visible)
@@ -306,18 +319,14 @@ def load_snapshot(
                 .to_batches(config.load_batch_rows)
             )
             for batch in reader:
-                for i, mv in zip(batch.column(0).to_pylist(), _multivectors(batch.column(1), dim), strict=True):
-                    if i in want:
-                        yield want[i], mv
+                yield batch_rows(batch)
             return
         step = config.fetch_chunk_rows
         for s in range(0, len(rows), step):
             chunk = rows[s : s + step]
-            got = table.take_row_ids([int(row_ids[r]) for r in chunk]).select(["id", "multivector"]).to_arrow()
-            by_id = dict(zip(got.column("id").to_pylist(), _multivectors(got.column("multivector"), dim), strict=True))
-            for r in chunk:
-                if ids[r] in by_id:
-                    yield r, by_id[ids[r]]
+            yield batch_rows(
+                table.take_row_ids([int(row_ids[r]) for r in chunk]).select(["id", "multivector"]).to_arrow()
+            )
 
     snap = build_snapshot(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store)
     snap.version, snap.table, snap.has_fts, snap.has_text_ann = version, table, has_fts, has_text_ann
@@ -513,7 +522,8 @@ def build_snapshot(
     old: Snapshot | None,
     store: TokenStore,
 ) -> Snapshot:
-    """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read."""
+    """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read; ``fetch(rows)``
+    yields ``(rows, multivectors end to end, their lengths)`` batches for the others."""
     ids = meta.column("id").to_pylist()
     n = len(ids)
     tok_len = np.maximum(np.asarray(n_tokens, np.int64), 0)
@@ -538,9 +548,9 @@ def build_snapshot(
         missing = [r for r in range(n) if r not in reuse and tok_len[r] > 0]
         seen = np.zeros(n, bool)
         mismatched = 0
-        for r, mv in fetch(missing):
-            mismatched += _fill(tokens, scales, int(tok_start[r]), int(tok_len[r]), mv, store)
-            seen[r] = True
+        for rows, flat, lens in fetch(missing):
+            mismatched += _fill_rows(tokens, scales, tok_start, tok_len, rows, flat, lens, store)
+            seen[rows] = True
         lost = [r for r in missing if not seen[r]]
         if lost:  # rows that vanished between reads of one pinned version cannot happen; stay searchable-safe
             tok_len[lost] = 0
@@ -613,9 +623,12 @@ def array_snapshot(
         }
     )
     lens = np.array([len(m) for m in mvs], np.int64)
-    snap = build_snapshot(
-        meta, pooled, dim, None, lens, {}, lambda rows: ((r, mvs[r]) for r in rows), None, token_store
-    )
+
+    def fetch(rows: list[int]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if rows:
+            yield np.asarray(rows, np.int64), np.concatenate([mvs[r] for r in rows]), lens[rows]
+
+    snap = build_snapshot(meta, pooled, dim, None, lens, {}, fetch, None, token_store)
     snap.exact = mvs
     if texts is not None:
         snap.has_text = np.asarray([bool(t) for t in texts], dtype=bool)
