@@ -298,3 +298,23 @@ def test_searches_during_refreshes_match_a_full_load_of_their_version(store: Lan
         want = [(h.id, round(h.score, 5)) for h in full.search_visual(q, 8, filters=SearchFilters(collection="c"))]
         assert all(got == want for vv, got in seen if vv == v), f"version {v}"
         db_table = store._db.open_table(S.ITEMS)
+
+
+def test_text_vectors_update_keeps_the_first_stage_projection_until_the_collection_doubles() -> None:
+    from mmrag.store.dense import TextVectors
+
+    rng = np.random.default_rng(0)
+    wins = [_unit(rng.standard_normal((int(rng.integers(1, 4)), 16))) for _ in range(40)]
+    old = TextVectors.build(30, 16, ((r, wins[r], None) for r in range(30)))
+    old._projected()
+    kept, src = np.arange(25), np.arange(5, 30)  # rows 0-4 removed, 10 added at the end
+    new = old.updated(35, kept, src, ((25 + j, wins[30 + j], None) for j in range(10)))
+    full = TextVectors.build(35, 16, ((r, wins[r + 5], None) for r in range(35)))
+    for r in range(35):
+        a, b = slice(new.start[r], new.start[r] + new.count[r]), slice(full.start[r], full.start[r] + full.count[r])
+        np.testing.assert_array_equal(new.chunks[a], full.chunks[b])
+    np.testing.assert_array_equal(new.mean, full.mean)
+    assert new.proj is old.proj
+    np.testing.assert_allclose(new.mean_r, new.mean @ new.proj, rtol=1e-5, atol=1e-6)
+    bigger = new.updated(61, np.arange(35), np.arange(35), ((35 + j, wins[j % 40], None) for j in range(26)))
+    assert bigger.proj is None  # 61 items with text > twice the 30 it was computed from: recomputed on first use
