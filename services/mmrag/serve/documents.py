@@ -4,7 +4,8 @@
     GET    /v1/jobs/{job_id}                      the job: state, files, counts, per-file errors, timings
     GET    /v1/collections/{name}/documents      the collection's documents, paged (offset, limit)
     DELETE /v1/collections/{name}/documents/{doc_id}
-    DELETE /v1/collections/{name}                 every document of the collection
+    POST   /v1/collections                        {"name": ...}: an empty collection
+    DELETE /v1/collections/{name}                 every document of the collection, and the collection
 
 The work is done by the ``Ingestor`` deployment (:mod:`mmrag.serve.ingestor`); these routes check the caller and
 the request and hand it over. Writing needs a key with the ``write`` scope (or no auth) for that collection; a
@@ -203,6 +204,41 @@ class DocumentRoutes:
         if out is None:
             raise ApiError(404, "not_found", f"no document {doc_id} in {name}")
         return out  # type: ignore[no-any-return]
+
+    @api.post(
+        "/v1/collections",
+        status_code=201,
+        responses={200: {"description": "it existed already"}, **DOC_ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}},
+                            "required": ["name"],
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def create_collection(self, request: Request) -> JSONResponse:
+        """Create an empty collection (searches of it answer, with no results, until documents arrive); 201, or 200
+        when it existed. A key may create only collections it names."""
+        service = self._service()
+        try:
+            body = json.loads(await request.body())
+        except ValueError as e:
+            raise ApiError(400, "invalid_request", "the body is not valid JSON", "name") from e
+        if not isinstance(body, dict) or set(body) != {"name"} or not isinstance(body["name"], str):
+            raise ApiError(400, "invalid_request", 'the body must be {"name": "..."}', "name")
+        name = body["name"]
+        self._writable(name)
+        created = await service.create_collection.remote(name)
+        return JSONResponse({"name": name, "created": created}, status_code=201 if created else 200)
 
     @api.delete("/v1/collections/{name}", responses=DOC_ERRORS)
     async def delete_collection(self, name: str) -> dict[str, Any]:

@@ -163,6 +163,10 @@ class Ingestor:
         """Delete one document (by its id) once the jobs ahead of it finish writing; None when there is none."""
         return await self._call(_DELETE, ("document", collection, doc_id))
 
+    async def create_collection(self, collection: str) -> bool:
+        """Record an empty collection (through the queue, like every write); False when it existed."""
+        return bool(await self._call(_DELETE, ("create", collection, None)))
+
     async def delete_collection(self, collection: str) -> dict[str, Any]:
         """Delete every document of a collection (and its calibration)."""
         out = await self._call(_DELETE, ("collection", collection, None))
@@ -360,7 +364,8 @@ class Ingestor:
         except Exception:
             log.exception("optimizing the store after ingestion jobs failed")
 
-    def _delete(self, what: str, collection: str, doc_id: str | None) -> dict[str, Any] | None:
+    def _delete(self, what: str, collection: str, doc_id: str | None) -> dict[str, Any] | bool | None:
+        """A write that is not an upload (create, delete a document or a collection), under the writer lease."""
         from mmrag.store.lease import LeaseHeldError, WriterLease
 
         while True:
@@ -370,6 +375,8 @@ class Ingestor:
             except LeaseHeldError:
                 time.sleep(self.icfg.retry_wait_s)
         with lease:
+            if what == "create":
+                return self.store.create_collection(collection)  # type: ignore[return-value]
             docs = [d for d in self.store.documents(collection) if what == "collection" or d["doc_id"] == doc_id]
             if what == "document" and not docs:
                 return None
@@ -378,7 +385,7 @@ class Ingestor:
                 lease.ensure_held()
                 items += self.store.delete_document(collection, d["source_uri"])
             if what == "collection":
-                self.store.delete_calibration(collection)
+                self.store.forget_collection(collection)
         return {"collection": collection, "documents": len(docs), "items": items}
 
 

@@ -167,6 +167,8 @@ class LanceStore:
     def stats(self) -> dict[str, Any]:
         """Counts per collection and modality (searchable rows only), documents and errors."""
         out: dict[str, Any] = {"uri": self.uri, "collections": {}}
+        for name in self._created():
+            out["collections"][name] = {"items": {}, "documents": 0, "errors": 0}
         if not self.has_items():
             return out
         counts = (
@@ -211,11 +213,38 @@ class LanceStore:
         return q.limit(None).to_list()
 
     def collections(self) -> set[str]:
-        """Collections that hold at least one finished document."""
+        """Collections that hold at least one finished document, and those created empty."""
+        names = set(self._created())
         if not self._has(S.DOCUMENTS):
-            return set()
+            return names
         col = self.table(S.DOCUMENTS).search().select(["collection"]).limit(None).to_arrow()["collection"]
-        return set(pc.unique(col).to_pylist())
+        return names | set(pc.unique(col).to_pylist())
+
+    def _created(self) -> list[str]:
+        if not self._has(S.COLLECTIONS):
+            return []
+        return self.table(S.COLLECTIONS).to_arrow().column("name").to_pylist()  # type: ignore[no-any-return]
+
+    def create_collection(self, name: str) -> bool:
+        """Record ``name`` as a collection (empty until documents arrive); False when it already existed."""
+        S.validate_collection(name)
+        if name in self.collections():
+            return False
+        tbl = self.ensure_table(S.COLLECTIONS, S.COLLECTIONS_SCHEMA)
+        row = pa.Table.from_pylist([{"name": name, "created_at": _now()}], schema=S.COLLECTIONS_SCHEMA)
+        tbl.merge_insert("name").when_not_matched_insert_all().execute(row)
+        return True
+
+    def forget_collection(self, name: str) -> None:
+        """Drop what is left of a collection whose documents were deleted: its record, errors and calibration."""
+        from lancedb.expr import col, lit
+
+        where = (col("collection") == lit(name)).to_sql()
+        if self._has(S.ERRORS):
+            self.table(S.ERRORS).delete(where)
+        if self._has(S.COLLECTIONS):
+            self.table(S.COLLECTIONS).delete((col("name") == lit(name)).to_sql())
+        self.delete_calibration(name)
 
     def multivectors(self, ids: Sequence[str]) -> dict[str, Any]:
         """id -> float32 [n_tokens, dim] array, for visible items among ``ids``."""

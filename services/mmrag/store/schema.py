@@ -149,6 +149,16 @@ API_KEYS_SCHEMA = pa.schema(
 )
 
 
+#: Collections created empty over the API (``POST /v1/collections``); a collection also exists once it holds a
+#: document.
+COLLECTIONS = "collections"
+COLLECTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
 DOCUMENTS_SCHEMA = pa.schema(
     [
         pa.field("doc_id", pa.string(), nullable=False),

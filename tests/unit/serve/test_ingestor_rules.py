@@ -66,3 +66,15 @@ def test_job_records_round_trip_and_unfinished_ones_are_found(tmp_path) -> None:
     assert got is not None and got["state"] == "running" and got["files"][0]["name"] == "a.pdf"
     assert [j["id"] for j in book.unfinished()] == [a["id"]]
     assert store.table("ingest_jobs").count_rows() == 2
+
+
+def test_empty_collections_are_recorded_listed_and_forgotten(tmp_path) -> None:
+    store = LanceStore(str(tmp_path / "db"))
+    assert store.create_collection("reports") is True
+    assert store.create_collection("reports") is False
+    assert store.collections() == {"reports"}
+    assert store.stats()["collections"] == {"reports": {"items": {}, "documents": 0, "errors": 0}}
+    with pytest.raises(ValueError):
+        store.create_collection("no spaces please")
+    store.forget_collection("reports")
+    assert store.collections() == set()
