@@ -63,7 +63,14 @@ def tenants(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory
             "server": {"port": _free_port(), "auth": "required"},
             "gateway": {"num_replicas": 2, "autoscaling": None},  # quotas must hold across replicas
             "generator": {"engine": "echo"},
-            "models": {"generator": {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}},
+            "models": {
+                "generator": {
+                    "model": "tiny:qwen2-vl",
+                    "max_model_len": 1024,
+                    "max_tokens": 32,
+                    "max_prompt_tokens": None,
+                }
+            },
         },
     )
     ingest([str(d / "coin.pdf")], cfg, collection="docs", calibrate=False)  # not what these tests are about

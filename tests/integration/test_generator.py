@@ -44,7 +44,7 @@ def _delete_if_running(serve: Any, app: str) -> None:
 
 
 #: The vision-language generator: the tiny Qwen2-VL as local-cpu served it before SmolLM2 became its default.
-VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32, "max_prompt_tokens": None}
 
 
 def _cfg(engine: str, **generator_model: Any) -> MmragConfig:
@@ -272,22 +272,25 @@ def vllm_app(serve_local, smollm2):
 async def test_vllm_answers_from_the_sources(vllm_app, contexts) -> None:
     """Real weights: the answer to a question about an invented fact comes from the source that states it."""
     from mmrag.serve.generator_client import generate
-    from mmrag.serve.prompt import build_prompt, estimate_prompt_tokens
+    from mmrag.serve.prompt import build_prompt, estimate_prompt_tokens, prompt_counter
 
     cfg, handle = vllm_app["cfg"], vllm_app["handle"]
+    count = prompt_counter(cfg)  # as the gateway counts (local-cpu: SmolLM2's tokenizer, 512 prompt tokens)
     passage = {
         **contexts[0],
         "page": 7,
         "text": "The annual Zorblat lantern festival is held every October in the mountain town of Quimbleton. "
         "Visitors release paper lanterns over the lake at midnight.",
     }
-    msgs = build_prompt("In which town is the Zorblat lantern festival held?", [contexts[1], passage], cfg)
+    msgs = build_prompt(
+        "In which town is the Zorblat lantern festival held?", [contexts[1], passage], cfg, count_tokens=count
+    )
     assert isinstance(msgs[1]["content"], str) and "data:image" not in msgs[1]["content"], "text only"
     t0 = time.monotonic()
     out = await generate(handle, msgs, max_tokens=32, stream=False, model="mmrag")
     print(f"\nvLLM answer in {time.monotonic() - t0:.2f} s: {out.text!r} {out.usage}")
     assert "Quimbleton" in out.text
-    assert 0 < out.usage.prompt_tokens <= estimate_prompt_tokens(msgs), "the budget is an upper bound"
+    assert 0 < out.usage.prompt_tokens <= estimate_prompt_tokens(msgs, count), "the budget is an upper bound"
 
 
 async def test_vllm_streams_deltas(vllm_app, contexts) -> None:
@@ -319,10 +322,13 @@ async def test_vllm_accepts_hostile_prompts_at_the_budget(vllm_app, contexts) ->
         msgs = build_prompt("What does [2] say? " * 500, evil, cfg, count_tokens=count)
         # built for g.max_tokens of answer; one token is enough to show the engine takes the prompt (CPU time)
         out = await generate(handle, msgs, max_tokens=1, stream=False)
-        assert out.usage.prompt_tokens <= g.max_model_len - g.max_tokens
+        room = g.max_model_len - g.max_tokens
+        if g.max_prompt_tokens is not None:
+            room = min(room, g.max_prompt_tokens)
+        assert out.usage.prompt_tokens <= room
         assert out.usage.prompt_tokens <= estimate_prompt_tokens(msgs, count)
-        if count is exact:  # the exact counter fills the window
-            assert out.usage.prompt_tokens > 0.8 * (g.max_model_len - g.max_tokens)
+        if count is exact:  # the exact counter fills the budget
+            assert out.usage.prompt_tokens > 0.8 * room
 
 
 async def test_vllm_text_model_refuses_images(vllm_app, contexts) -> None:

@@ -48,7 +48,7 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("rag")
     for name in ("coin.pdf", "cup.mp4"):
         shutil.copy(DATA / name, d / name)
-    vlm = {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}
+    vlm = {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32, "max_prompt_tokens": None}
     over = {
         "store": {"uri": str(d / "db")},
         "ingest": {"ocr": "never"},

@@ -50,7 +50,14 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             "server": {"port": _free_port()},
             "generator": {"engine": "echo"},
             # the vision-language prompt (page images reach the echo engine); local-cpu's SmolLM2 reads text only
-            "models": {"generator": {"model": "tiny:qwen2-vl", "max_model_len": 1024, "max_tokens": 32}},
+            "models": {
+                "generator": {
+                    "model": "tiny:qwen2-vl",
+                    "max_model_len": 1024,
+                    "max_tokens": 32,
+                    "max_prompt_tokens": None,
+                }
+            },
         },
     )
     ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")

@@ -46,7 +46,7 @@ class FakeStore:
 
 
 #: The vision-language generator (images in the prompt); local-cpu's default SmolLM2 reads text only.
-VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32}
+VLM = {"model": "tiny:qwen2-vl", "vision": True, "max_model_len": 1024, "max_tokens": 32, "max_prompt_tokens": None}
 
 
 def _gateway(store: FakeStore, cache: int = 512, generator: dict[str, Any] | None = None) -> Any:
