@@ -124,7 +124,7 @@ def test_sources_cached_says_when_a_prompt_needs_no_store_call() -> None:
 def test_text_only_generator_gets_text_and_no_image_is_fetched() -> None:
     """local-cpu's SmolLM2 takes no images: the store is asked for text only, and the prompt is one string."""
     store = FakeStore(10)
-    gw = _gateway(store, generator={})
+    gw = _gateway(store, generator={"max_prompt_tokens": None})  # no counter here: the byte bound, uncapped
     assert gw.cfg.models.generator.model == "real:smollm2-135m-instruct" and gw.sources.n_images == 0
     msgs, n = gw._build_prompt("q", _hits([0, 1, 2, 3]), 16)
     assert n == 4 and store.calls == [([f"{i:032x}" for i in range(4)], ["text", "collection"])]
