@@ -108,9 +108,20 @@ def _search(app: dict, key: str, collection: str, query: str) -> list[dict]:
 def _until_found(app: dict, key: str, collection: str, query: str, timeout_s: float = 30) -> list[dict]:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        hits = _search(app, key, collection, query)
-        if hits:
-            return hits
+        r = httpx.post(
+            f"{app['url']}/v1/search",
+            json={"query": query, "collection": collection, "k": 20, "mode": "text"},
+            headers=_h(key),
+            timeout=60,
+        )
+        # A fresh store's first documents are published before ingestion builds the full-text index, so for a
+        # moment BM25 answers 400 "no full-text index" (a known gap: see the closing note); anything else is a bug.
+        if r.status_code == 400 and "full-text index" in r.text:
+            time.sleep(0.5)
+            continue
+        assert r.status_code == 200, r.text
+        if r.json()["results"]:
+            return r.json()["results"]
         time.sleep(0.5)
     return []
 
