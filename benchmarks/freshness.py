@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs: list[float] = []
     dels: list[float] = []
     misses: list[str] = []
+    stages: list[dict[str, float]] = []
     with httpx.Client(timeout=120) as c:
         base = f"{url}/v1/collections/{COLLECTION}/documents"
         # a first document so the searches have something; its job also warms the ingestion path
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     ups.append(time.perf_counter() - t0)
                 _wait(lambda: c.get(f"{url}/v1/jobs/{job_id}").json()["state"] in ("done", "failed"), 60, 0.1)  # noqa: B023
                 jobs.append(time.perf_counter() - t0)
+                stages.append(c.get(f"{url}/v1/jobs/{job_id}").json().get("timings") or {})
                 print(f"  {name}: searchable after {ups[-1] if got is not None else float('nan'):.2f} s", flush=True)
             listing = {d["name"]: d["doc_id"] for d in c.get(f"{base}?limit=1000").json()["documents"]}
             for name, _, words in pdfs[: args.deletes]:
@@ -237,7 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.freshness " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "loadavg_at_start": load_start},
         "clients": args.clients,
-        "uploads": {"seconds": ups, "job_seconds": jobs, "p50_s": _p(ups, 50), "p99_s": _p(ups, 99), "missed": misses},
+        "uploads": {
+            "seconds": ups,
+            "job_seconds": jobs,
+            "p50_s": _p(ups, 50),
+            "p99_s": _p(ups, 99),
+            "missed": misses,
+            "job_timings": stages,
+        },
         "deletes": {"seconds": dels, "p50_s": _p(dels, 50), "p99_s": _p(dels, 99)},
         "search_load": load.stats(),
     }

@@ -447,7 +447,7 @@ class RetrieverConfig(DeploymentConfig):
         "without waiting; 0 adds no latency to a lone query.",
     )
     refresh_interval_s: float = Field(
-        default=1.0,
+        default=0.5,
         gt=0,
         description="How often each replica checks the store for a new table version and, if there is one, builds a "
         "new search snapshot beside the one it serves (new and deleted documents show up this much later at most, "
@@ -533,6 +533,12 @@ class IngestorConfig(DeploymentConfig):
     )
     retry_wait_s: float = Field(
         default=5.0, gt=0, description="Wait before trying again when another writer (mmrag ingest) holds the store."
+    )
+    text_after_publish: bool = Field(
+        default=True,
+        description="Publish an upload's documents as soon as their pages are embedded by the visual model, and add "
+        "their dense text vectors (models.text) right after: searchable by keywords and pictures seconds sooner, by "
+        "the dense text channel once that step ends. Off: published only when everything is embedded.",
     )
     niceness: int = Field(
         default=10,

@@ -92,12 +92,12 @@ def _wait(app: dict, key: str, job_id: str, timeout_s: float = 240) -> dict:
     pytest.fail(f"job {job_id} did not finish in {timeout_s} s: {job}")
 
 
-def _search(app: dict, key: str, collection: str, query: str) -> list[dict]:
+def _search(app: dict, key: str, collection: str, query: str, mode: str = "text") -> list[dict]:
     # BM25 ("text"): these tests are about what is searchable when, not about fusion (the quality benchmark is);
     # on these tiny uncalibrated collections the random-weight visual channel can outrank an exact keyword match
     r = httpx.post(
         f"{app['url']}/v1/search",
-        json={"query": query, "collection": collection, "k": 20, "mode": "text"},
+        json={"query": query, "collection": collection, "k": 20, "mode": mode},
         headers=_h(key),
         timeout=60,
     )
@@ -114,11 +114,7 @@ def _until_found(app: dict, key: str, collection: str, query: str, timeout_s: fl
             headers=_h(key),
             timeout=60,
         )
-        # A fresh store's first documents are published before ingestion builds the full-text index, so for a
-        # moment BM25 answers 400 "no full-text index" (a known gap: see the closing note); anything else is a bug.
-        if r.status_code == 400 and "full-text index" in r.text:
-            time.sleep(0.5)
-            continue
+        # a fresh store's first documents are published only once the full-text index exists: never a 400 here
         assert r.status_code == 200, r.text
         if r.json()["results"]:
             return r.json()["results"]
@@ -141,6 +137,13 @@ def test_an_upload_becomes_a_searchable_document(app) -> None:
     hits = _until_found(app, app["reader"], "docs", "conditional inference permutation tests")
     assert hits and hits[0]["source"] == "upload:coin.pdf", "the uploaded document never became searchable"
     print(f"upload to searchable: {time.time() - t0:.1f} s")
+    # published before its dense text vectors (ingestor.text_after_publish); by the job's end they are in and the
+    # dense channel finds the document too (MiniLM: real weights)
+    dense = _search(app, app["reader"], "docs", "permutation tests for conditional independence", mode="dense")
+    if not dense:  # the replica's index refresh runs every 0.5 s
+        time.sleep(2)
+        dense = _search(app, app["reader"], "docs", "permutation tests for conditional independence", mode="dense")
+    assert dense and {h["source"] for h in dense} == {"upload:coin.pdf"}
     # the same bytes again: skipped, nothing rewritten
     again = _wait(
         app,
@@ -356,6 +359,12 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
     assert {f["name"]: f["state"] for f in job["files"]} == {"cup.mp4": "done", "coin2.pdf": "done"}
     assert not seen_partial
     assert _until_found(app, app["reader"], "docs", "conditional inference")
+    # whichever step the kill hit (before publishing, or between publishing and adding the text vectors), every
+    # item with words to embed has its dense text vectors now
+    from mmrag.store import LanceStore
+
+    left = LanceStore(app["db"]).items_without_text_vectors("docs")
+    assert left.num_rows == 0, left.to_pylist()
 
 
 def test_collections_are_created_listed_and_deleted(app) -> None:

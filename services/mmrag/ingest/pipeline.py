@@ -90,6 +90,13 @@ class _DocProgress:
 ProgressFn = Callable[[dict[str, int]], None]
 #: tasks, config -> the stream of stage output tables (read, embedded, text-embedded rows)
 BatchRunner = Callable[[list[dict[str, Any]], MmragConfig], Iterable[pa.Table]]
+#: embeds a table of items (``kind``, ``text``, ``context``) with the dense text model, appending its columns
+#: (:class:`mmrag.ingest.stages.TextEmbedStage`)
+TextEmbedder = Callable[[pa.Table], pa.Table]
+#: the dense text columns a runner may leave out when they come after publishing
+_DEFERRED_TEXT = frozenset({"text_vectors", S.TEXT_VECTOR, "text_model_id"})
+#: items text-embedded per merge into the store when text vectors come after publishing
+TEXT_FILL_ROWS = 256
 
 
 def plan(
@@ -170,12 +177,17 @@ def ingest(
     runner: BatchRunner | None = None,
     names: dict[str, str] | None = None,
     optimize: bool | None = None,
+    text_after_publish: TextEmbedder | None = None,
 ) -> IngestSummary:
     """Ingest files, directories, globs or object-store URIs into the configured store, then re-calibrate the
     collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it).
 
     ``runner``/``names``: see :func:`_ingest` and :func:`plan` (the ingestion service passes its warm stages and
     the uploads' names); ``optimize`` overrides ``store.writer.optimize_after_ingest``.
+
+    ``text_after_publish``: the runner's tables come without dense text vectors; documents are published with
+    those columns empty (searchable at once by keywords and the visual channel) and this embedder fills them in
+    right after (:func:`fill_text_vectors`), so a small upload is searchable before its slowest stage ran.
 
     Raises :class:`mmrag.store.lease.LeaseHeldError` (a ValueError) without writing anything when another writer
     holds the store."""
@@ -187,7 +199,10 @@ def ingest(
     if optimize is None:
         optimize = cfg.store.writer.optimize_after_ingest
     with WriterLease.from_config(store, cfg.store.writer, purpose=f"ingest into {collection}") as lease:
-        wrote = _ingest(inputs, cfg, collection, store, summary, lease, progress, runner=runner, names=names)
+        wrote = _ingest(
+            inputs, cfg, collection, store, summary, lease, progress,
+            runner=runner, names=names, text_after_publish=text_after_publish,
+        )  # fmt: skip
         if wrote and optimize:
             t0 = time.perf_counter()
             summary.optimize = _optimize(store, cfg, lease)
@@ -211,6 +226,7 @@ def _ingest(
     *,
     runner: BatchRunner | None = None,
     names: dict[str, str] | None = None,
+    text_after_publish: TextEmbedder | None = None,
 ) -> bool:
     """The run itself, under the writer lease; fills ``summary`` and returns whether it wrote anything.
 
@@ -256,6 +272,8 @@ def _ingest(
     store.begin_documents(collection, [(d.source_uri, d.content_hash) for d in docs.values()])
     _drop_unrecorded_versions(store, collection, list(docs.values()))
     buffered: list[pa.Table] = []
+    published: list[str] = []
+    fts_checked = False
 
     def flush() -> None:
         if buffered:
@@ -276,7 +294,7 @@ def _ingest(
                 )
             buffered.append(_to_items_table(items, cfg, dim, text_dim))
             stage_s["embed"] += float(pc.sum(items["embed_s"]).as_py() or 0)
-            if text_dim:
+            if text_dim and "text_embed_s" in items.column_names:
                 stage_s["text_embed"] += float(pc.sum(items["text_embed_s"]).as_py() or 0)
         finished: list[_DocProgress] = []
         for row in batch.select(
@@ -303,7 +321,12 @@ def _ingest(
             flush()
         if finished:
             lease.ensure_held()  # a writer that lost its lease publishes nothing more
+            if not fts_checked:  # a new store's first documents must not be visible before BM25 can search them
+                store.ensure_text_index()
+                fts_checked = True
             store.finish_documents([_finished(collection, d, cfg) for d in finished])
+            published.extend(S.doc_id(collection, d.source_uri) for d in finished if d.items)
+            stage_s.setdefault("first_publish", time.perf_counter() - t_plan)
             for d in finished:
                 counts["files"] += 1
                 summary.documents += 1 if d.items else 0
@@ -317,6 +340,11 @@ def _ingest(
         err = {"path": d.source_uri, "reason": "the reader crashed on this file (see the Ray logs); nothing was stored"}
         summary.errors.append({**err, "path": shown.get(d.source_uri, d.source_uri)})
         _store_errors(store, collection, d, [err], run_id)
+    if text_after_publish is not None and text_dim and published:
+        t0 = time.perf_counter()
+        store.refresh_scalar_indexes()  # the merge below joins on ``id``
+        fill_text_vectors(store, text_after_publish, collection=collection, doc_ids=published, lease=lease)
+        stage_s["text_embed"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     store.refresh_text_index()
     store.refresh_scalar_indexes()
@@ -326,6 +354,30 @@ def _ingest(
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
     summary.stage_seconds = stage_s
     return True
+
+
+def fill_text_vectors(
+    store: LanceStore,
+    embed: TextEmbedder,
+    *,
+    collection: str | None = None,
+    doc_ids: list[str] | None = None,
+    lease: WriterLease | None = None,
+) -> int:
+    """Dense text vectors for published items that have none yet (of ``doc_ids`` in ``collection``, or all):
+    embedded with ``embed`` and merged into their rows (every other column kept). Returns the items written.
+
+    Used right after a publish that deferred them, and when the ingestion service starts, for documents whose
+    job stopped between publishing and this step (they were searchable meanwhile by keywords and pictures)."""
+    todo = store.items_without_text_vectors(collection, doc_ids)
+    done = 0
+    for s in range(0, todo.num_rows, TEXT_FILL_ROWS):
+        part = todo.slice(s, TEXT_FILL_ROWS)
+        out = embed(part.append_column("kind", pa.array(["item"] * part.num_rows)))
+        if lease is not None:
+            lease.ensure_held()
+        done += store.set_text_vectors(out)
+    return done
 
 
 def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:
@@ -481,6 +533,8 @@ def _to_items_table(items: pa.Table, cfg: MmragConfig, dim: int, text_dim: int |
     for f in schema:
         if f.name in cols:
             arrays.append(cols[f.name])
+        elif f.name not in items.column_names and f.name in _DEFERRED_TEXT:
+            arrays.append(pa.nulls(n, f.type))  # text vectors come after publishing (fill_text_vectors)
         else:
             arrays.append(items[f.name].cast(f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

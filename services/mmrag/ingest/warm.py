@@ -43,14 +43,19 @@ class WarmStages:
         self.text = TextEmbedStage(cfg.models.text.model_dump()) if cfg.models.text is not None else None
         self.load_s = time.perf_counter() - t0
 
-    def __call__(self, tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:
-        """The pipeline's ``runner``: each task's rows, read a few at a time, embedded, text-embedded."""
+    def __call__(self, tasks: list[dict[str, Any]], cfg: MmragConfig, *, text: bool = True) -> Iterator[pa.Table]:
+        """The pipeline's ``runner``: each task's rows, read a few at a time, embedded, and text-embedded unless
+        ``text=False`` (then the pipeline adds text vectors after publishing, with :attr:`text`)."""
         if _fingerprint(cfg) != self.fingerprint:
             raise ValueError("these warm stages were loaded for other models or ingest settings; build new ones")
         for task in tasks:
             for table in self.read(pa.Table.from_pylist([task])):
                 out = self.embed(table)
-                yield self.text(out) if self.text is not None else out
+                yield self.text(out) if self.text is not None and text else out
+
+    def without_text(self, tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:
+        """The runner for ``ingest(..., text_after_publish=self.text)``."""
+        return self(tasks, cfg, text=False)
 
 
 def _fingerprint(cfg: MmragConfig) -> str:

@@ -14,6 +14,10 @@ so a replica killed at any point leaves no partial document; each job holds the 
 run again when a replica starts and finds its staged files; otherwise it is marked failed ("upload again").
 
 Deletes go through the same queue, ahead of waiting uploads, so a delete never races a job's publishing.
+
+By default (``ingestor.text_after_publish``) a job publishes its documents once the visual model embedded them and
+adds their dense text vectors right after (the slowest stage on a CPU): an upload is searchable by keywords and
+pictures seconds sooner. A replica that stops between the two fills the missing vectors when it starts again.
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ class Ingestor:
         self._wrote_since_optimize = 0
         self._lock = threading.Lock()
         self._resume()
+        if self.stages.text is not None:  # first: documents a stopped job published before their text vectors
+            self._queue.put((_DELETE, next(self._seq), "fill", None))
         self.worker = threading.Thread(target=self._work, name="mmrag-ingestor", daemon=True)
         if start_worker:
             self.worker.start()
@@ -243,6 +249,8 @@ class Ingestor:
             try:
                 if kind == "job":
                     self._run(payload)
+                elif kind == "fill":
+                    self._fill_text()
                 else:
                     what, fut = payload
                     try:
@@ -275,6 +283,7 @@ class Ingestor:
         try:
             while True:
                 try:
+                    deferred = self.icfg.text_after_publish and self.stages.text is not None
                     summary = ingest(
                         inputs,
                         self.cfg,
@@ -282,9 +291,10 @@ class Ingestor:
                         store=self.store,
                         progress=progress,
                         calibrate=self.icfg.calibrate,
-                        runner=self.stages,
+                        runner=self.stages.without_text if deferred else self.stages,
                         names=names,
                         optimize=False,
+                        text_after_publish=self.stages.text if deferred else None,
                     )
                     break
                 except LeaseHeldError as e:
@@ -308,6 +318,22 @@ class Ingestor:
         if job.get("staged"):
             shutil.rmtree(job["staged"], ignore_errors=True)
         self._maybe_optimize()
+
+    def _fill_text(self) -> None:
+        """Dense text vectors for published items that have none (a job stopped between publishing and adding
+        them; they were searchable by keywords and pictures meanwhile)."""
+        from mmrag.ingest.pipeline import fill_text_vectors
+        from mmrag.store.lease import LeaseHeldError, WriterLease
+
+        try:
+            with WriterLease.from_config(self.store, self.cfg.store.writer, purpose="ingestion service text") as lease:
+                n = fill_text_vectors(self.store, self.stages.text, lease=lease)  # type: ignore[arg-type]
+            if n:
+                log.info("added the dense text vectors of %d items published without them", n)
+        except LeaseHeldError:
+            log.info("another writer holds the store; items without text vectors are filled at the next start")
+        except Exception:
+            log.exception("adding missing text vectors failed")
 
     def _inputs(self, job: dict[str, Any]) -> tuple[list[str], dict[str, str] | None]:
         if job.get("uris"):

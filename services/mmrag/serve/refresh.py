@@ -2,7 +2,7 @@
 
 Serve's health check has a timeout and restarts a replica that misses it; a refresh after a large ingestion can take
 longer than that, which restarted replicas into a reload loop while ingestion ran. Here one daemon thread per replica
-calls :meth:`SearchIndex.refresh` every ``retriever.refresh_interval_s`` (1 s): a new table version builds a new
+calls :meth:`SearchIndex.refresh` every ``retriever.refresh_interval_s`` (0.5 s): a new table version builds a new
 snapshot beside the current one, which searches keep using until it is swapped in (searches never wait for a
 refresh). A refresh that fails (the store unreachable for a while) is logged and retried; the replica keeps serving
 its last snapshot, and the health check fails only if the loop itself died.

@@ -321,6 +321,57 @@ class LanceStore:
             rows = rows.set_column(rows.schema.get_field_index("visible"), "visible", pa.array([False] * rows.num_rows))
             self.table(S.ITEMS).add(rows)
 
+    def items_without_text_vectors(
+        self, collection: str | None = None, doc_ids: Sequence[str] | None = None
+    ) -> pa.Table:
+        """Visible items with text or context that no text model has embedded yet (``text_model_id`` null): their
+        ``id``, ``text`` and ``context``. Empty when the store has no dense text channel."""
+        from lancedb.expr import col, lit
+
+        empty = pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                          "context": pa.array([], pa.string())})  # fmt: skip
+        if not self.has_items() or self.text_dim() is None:
+            return empty
+        where = "visible = true AND text_model_id IS NULL AND (text IS NOT NULL OR context IS NOT NULL)"
+        if collection is not None:
+            where += " AND " + (col("collection") == lit(collection)).to_sql()
+        tbl = self.table(S.ITEMS)
+        parts = []
+        for chunk in _chunks(list(doc_ids), 500) if doc_ids is not None else [None]:
+            w = where if chunk is None else where + " AND " + col("doc_id").isin(chunk).to_sql()
+            parts.append(tbl.search().where(w).select(["id", "text", "context"]).limit(None).to_arrow())
+        return pa.concat_tables(parts).select(["id", "text", "context"]) if parts else empty
+
+    def set_text_vectors(self, rows: pa.Table) -> int:
+        """Write the dense text columns (``text_vectors``, ``text_vector``, ``text_model_id``) of items that exist,
+        by ``id``, leaving every other column as it is; ids no longer stored are ignored, as are rows without a
+        vector. Returns rows updated."""
+        if not rows.num_rows:
+            return 0
+        text_dim = self.text_dim()
+        if text_dim is None:
+            raise ValueError("this store has no dense text channel (no text_vector column)")
+        want = pa.schema([pa.field("id", pa.string()), *[f for f in S.text_fields(text_dim) if f.name != "context"]])
+        rows = pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in want], schema=want)
+        # rows the model gave nothing (no words to embed, a failed batch) stay as they are: LanceDB's merge refuses
+        # null vectors, and a later fill_text_vectors tries them again
+        rows = rows.filter(pc.is_valid(rows.column(S.TEXT_VECTOR)))
+        if not rows.num_rows:
+            return 0
+        out = self.table(S.ITEMS).merge_insert("id").when_matched_update_all().execute(rows)
+        return int(getattr(out, "num_updated_rows", rows.num_rows))
+
+    def ensure_text_index(self) -> bool:
+        """Build the full-text index if the items table has none yet (a brand-new store): BM25 searches fail
+        without one, while rows written after it are searched unindexed until the next rebuild. True if built."""
+        if not self.has_items():
+            return False
+        tbl = self.table(S.ITEMS)
+        if any(getattr(i, "columns", None) == ["text"] for i in tbl.list_indices()):
+            return False
+        tbl.create_fts_index("text", replace=True)
+        return True
+
     def add_errors(self, rows: list[dict[str, Any]], run_id: str) -> None:
         """Record unreadable files/pages; a document's errors from earlier runs are replaced."""
         from lancedb.expr import col, lit

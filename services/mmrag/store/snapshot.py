@@ -346,7 +346,8 @@ def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndex
     done safely (the caller then loads in full).
 
     Reads the ``id`` column of the visible rows with their row ids (the one pass over every row: ~33 bytes each),
-    then the new ids' rows by row id. Rows are in the order a full load would give them.
+    then the new rows (and rows that had no text vectors and have them now), by row id. Rows are in the order a full
+    load would give them.
     """
     schema = table.schema
     if old.table is None or old.id_array is None or old.schema is None or not schema.equals(old.schema):
@@ -354,19 +355,28 @@ def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndex
     if old.has_text is None or (S.text_dim_of(schema) is not None) != (old.text is not None):
         return None
     dim = old.dim
-    scan = table.search().where(_visible()).select(["id"]).with_row_id(True).limit(None).to_arrow()
+    # rows published without dense text vectors (ingestor.text_after_publish) get them in a later version, under the
+    # same ids and often the same row ids (LanceDB rewrites a column in place): ``text_model_id`` tells them apart
+    lacking = old.text is not None and bool((old.text.count == 0).any()) and "text_model_id" in schema.names
+    scan_cols = ["id", "text_model_id"] if lacking else ["id"]
+    scan = table.search().where(_visible()).select(scan_cols).with_row_id(True).limit(None).to_arrow()
     n = scan.num_rows
     ids_arr = scan.column("id").combine_chunks() if n else pa.array([], pa.string())
     if ids_arr.null_count or (n and pc.count_distinct(ids_arr).as_py() != n):
         return None
+    row_ids = scan.column("_rowid").to_numpy()
     at = pc.index_in(ids_arr, value_set=old.id_array)
     known = at.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+    if lacking and known.any():  # a row that had no text vectors and has a text model now is read again
+        assert old.text is not None
+        was = at.filter(known).to_numpy(zero_copy_only=False).astype(np.int64)
+        now = scan.column("text_model_id").is_valid().to_numpy(zero_copy_only=False)[known]
+        known[np.flatnonzero(known)[(old.text.count[was] == 0) & now]] = False
     kept = np.flatnonzero(known)
     src = at.filter(known).to_numpy(zero_copy_only=False).astype(np.int64) if len(kept) else np.zeros(0, np.int64)
     fresh = np.flatnonzero(~known)
     if len(fresh) > config.incremental_max_new * n and len(fresh) > config.fetch_chunk_rows:
         return None  # mostly new: the full load streams them in one scan
-    row_ids = scan.column("_rowid").to_numpy()
 
     tdim = old.text.dim if old.text is not None else 0
     cols = [*META, "pooled", "n_tokens", "text_source"]

@@ -318,3 +318,74 @@ def test_text_vectors_update_keeps_the_first_stage_projection_until_the_collecti
     np.testing.assert_allclose(new.mean_r, new.mean @ new.proj, rtol=1e-5, atol=1e-6)
     bigger = new.updated(61, np.arange(35), np.arange(35), ((35 + j, wins[j % 40], None) for j in range(26)))
     assert bigger.proj is None  # 61 items with text > twice the 30 it was computed from: recomputed on first use
+
+
+def _without_text_vectors(rows: list[dict]) -> list[dict]:
+    return [{**r, "text_vectors": None, S.TEXT_VECTOR: None, "text_model_id": None} for r in rows]
+
+
+def test_text_vectors_added_after_publishing_reach_the_snapshot(store: LanceStore) -> None:
+    """ingestor.text_after_publish: a document published without dense text vectors is searchable by the other
+    channels at once; its vectors merged in later rewrite its rows under the same ids, and a refresh reads them."""
+    index = SearchIndex.from_store(store, {"exact_k": 3, "first_stage_k": 8})
+    rows = _doc("/late.pdf", 5, seed=30)
+    _write(store, _without_text_vectors(rows))
+    index.refresh()
+    late = {r["id"] for r in rows}
+    rng = np.random.default_rng(31)
+    q, qv = _unit(rng.standard_normal((3, DIM))), _unit(rng.standard_normal(TDIM))
+    f = SearchFilters(collection="c")
+    assert late & {h.id for h in index.search("visual", q, "", 50, filters=f)}, "published but not searchable"
+    assert not late & {h.id for h in index.search("dense", q, "", 50, filters=f, query_vec=qv)}
+    assert store.items_without_text_vectors("c").column("id").to_pylist() == [r["id"] for r in rows]
+
+    vectors = pa.Table.from_pylist(
+        [
+            {"id": r["id"], "text_vectors": r["text_vectors"], S.TEXT_VECTOR: r[S.TEXT_VECTOR], "text_model_id": "t"}
+            for r in rows
+        ]
+    )
+    assert store.set_text_vectors(vectors) == 5
+    assert store.items_without_text_vectors("c").num_rows == 0
+    assert index.refresh() is True
+    assert index._snap.loaded == {"mode": "incremental", "rows": 26, "added": 5, "removed": 5}  # re-read
+    _assert_same_as_full(index, store)
+    assert late <= {h.id for h in index.search("dense", q, "", 50, filters=f, query_vec=qv)}
+
+    # a compaction moves every row but re-reads none of those that had their vectors
+    store.optimize()
+    index.refresh()
+    assert index._snap.loaded["added"] == 0
+    _assert_same_as_full(index, store)
+
+
+def test_a_new_stores_first_publish_is_searchable_by_keywords(tmp_path) -> None:
+    """The full-text index is built before a fresh store's first documents are published (BM25 answered 400 'no
+    full-text index' in the moment between the two)."""
+    from mmrag.ingest.pipeline import fill_text_vectors
+
+    s = LanceStore(str(tmp_path / "db"))
+    s.ensure_tables(DIM, TDIM)
+    rows = _without_text_vectors(_doc("/a.pdf", 3, seed=1))
+    s.add_items(pa.Table.from_pylist(rows, schema=S.items_schema(DIM, TDIM)))
+    assert s.ensure_text_index() is True and s.ensure_text_index() is False
+    s.finish_documents([FinishedDocument("c", "/a.pdf", "h", "pdf", 3, 0, "m")])
+    index = SearchIndex.from_store(s)
+    hits = index.search("text", None, rows[0]["text"], 5, filters=SearchFilters(collection="c"))
+    assert hits and {h.id for h in hits} <= {r["id"] for r in rows}
+
+    def embed(batch: pa.Table) -> pa.Table:  # TextEmbedStage's contract: the text columns appended
+        assert set(batch.column("kind").to_pylist()) == {"item"}
+        n = batch.num_rows
+        wins = [_unit(np.ones((1, TDIM))).tolist()] * n
+        return (batch.append_column("text_vectors", pa.array(wins, pa.list_(pa.list_(pa.float32(), TDIM))))
+                .append_column(S.TEXT_VECTOR, pa.array([w[0] for w in wins], pa.list_(pa.float32(), TDIM)))
+                .append_column("text_model_id", pa.array(["t"] * n)))  # fmt: skip
+
+    assert fill_text_vectors(s, embed, collection="c", doc_ids=[S.doc_id("c", "/other.pdf")]) == 0
+    assert fill_text_vectors(s, embed, collection="c") == 3
+    assert fill_text_vectors(s, embed) == 0
+    got = s.table(S.ITEMS).search().select(["id", "visible", "text", "text_model_id"]).limit(None).to_list()
+    assert {(g["id"], g["visible"], g["text"], g["text_model_id"]) for g in got} == {
+        (r["id"], True, r["text"], "t") for r in rows
+    }
