@@ -127,6 +127,24 @@ def _p(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
+def _stage_lines(timings: list[dict[str, float]]) -> list[str]:
+    """Median job stage timings: when the documents were published, and how long their text vectors took after."""
+    keys = [
+        k
+        for k in ("first_publish", "read", "embed", "text_embed", "calibrate", "run_s")
+        if any(k in t for t in timings)
+    ]
+    if not keys:
+        return []
+    med = {k: float(np.median([t[k] for t in timings if k in t])) for k in keys}
+    return [
+        "Jobs' stage timings (medians): " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items()) + ". A job publishes "
+        "its documents at first_publish (searchable by keywords and pictures from the next index refresh); their "
+        "dense text vectors follow text_embed later; calibration runs after both.",
+        "",
+    ]
+
+
 def markdown(r: dict[str, Any]) -> str:
     def s(x: float | None) -> str:
         return "–" if x is None else f"{x:.2f} s"
@@ -151,6 +169,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| delete -> gone from search | {len(de['seconds'])} | {s(de['p50_s'])} | {s(de['p99_s'])} | "
         f"{s(max(de['seconds']) if de['seconds'] else None)} |",
         "",
+        *_stage_lines(up.get("job_timings") or []),
         f"Search load meanwhile: {ld['searches']} searches, errors {ld['errors'] or 'none'}, p50 "
         f"{ld['p50_ms']:.0f} ms, p99 {ld['p99_ms']:.0f} ms."
         if ld["p50_ms"] is not None
