@@ -38,15 +38,15 @@ from benchmarks.freshness import COLLECTION, ROOT, SearchLoad, _found, _p, _wait
 from benchmarks.search_http import _free_port
 
 
-def _replicas() -> dict[str, str]:
-    """Serve replica actors now: name -> state (a restarted replica comes back under a new name)."""
-    from ray.util.state import list_actors
+def _replicas() -> list[str]:
+    """Serve replica actors alive now, by name (a restarted replica comes back under a new name)."""
+    import ray
 
-    return {
-        a.name: a.state
-        for a in list_actors(filters=[("ray_namespace", "=", "serve")], limit=1000)
-        if a.name and a.name.startswith("SERVE_REPLICA") and a.state != "DEAD"
-    }
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and a["name"].startswith("SERVE_REPLICA")
+    )
 
 
 def _phase(load: SearchLoad, since: int) -> dict[str, Any]:
