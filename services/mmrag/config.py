@@ -700,6 +700,13 @@ class ServerConfig(_Strict):
     route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the app.")
     max_query_chars: int = Field(default=4096, ge=1, description="Longest accepted query.")
     max_k: int = Field(default=100, ge=1, description="Largest k a request may ask for.")
+    retry_deadline_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A search step (retrieval, query encoding, reranking) or job lookup whose replica died under it "
+        "is retried once on another replica if its start was less than this long ago (mmrag.serve.retries); "
+        "generation, uploads and deletes never are. 0: no retries.",
+    )
     auth: Literal["none", "required"] = Field(
         default="none",
         description="required: every request but /healthz and the API docs carries `Authorization: Bearer KEY` "

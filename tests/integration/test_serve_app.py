@@ -49,6 +49,8 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             "ingest": {"ocr": "never"},
             "server": {"port": _free_port()},
             "generator": {"engine": "echo"},
+            # two retrievers: a killed one's searches are retried on the other (test_a_killed_retriever_...)
+            "retriever": {"num_replicas": 2, "autoscaling": None},
             # the vision-language prompt (page images reach the echo engine); local-cpu's SmolLM2 reads text only
             "models": {
                 "generator": {
@@ -403,3 +405,58 @@ def test_quality_slice_fusion_and_reranking_never_lose(served, where: str) -> No
     assert ndcg["fused"] >= best - 0.01, (ndcg, cal)
     assert ndcg["fused+rerank"] >= ndcg["fused"] - 1e-9, ndcg
     assert ndcg["default"] >= best - 0.01, ndcg
+
+
+# ------------------------------------------------------------------------------------------------ faults (last: it
+# kills a replica)
+def test_a_killed_retriever_costs_no_search(served) -> None:
+    """SIGKILL-like death of a retriever replica under 4 clients' searches: the gateway retries each interrupted
+    search once on the other replica (mmrag.serve.retries), so no client sees an error; Serve replaces the replica."""
+    import threading
+    import time
+
+    import ray
+
+    url, _, _ = served
+
+    def retrievers() -> list[str]:
+        return sorted(
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and "#Retriever#" in a["name"]
+        )
+
+    before = retrievers()
+    assert len(before) == 2, before
+    stop = threading.Event()
+    statuses: list[int] = []
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                try:
+                    body = {"query": f"permutation test {i}", "collection": "docs", "k": 5}
+                    r = c.post(f"{url}/v1/search", json=body)
+                    statuses.append(r.status_code)
+                    if r.status_code != 200:
+                        errors.append(r.text[:200])
+                except httpx.HTTPError as e:
+                    errors.append(repr(e))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) > 20 and not errors, (len(statuses), errors[:3])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (before[0] in retrievers() or len(retrievers()) < 2):
+        time.sleep(1)
+    after = retrievers()
+    assert before[0] not in after and len(after) == 2, after  # Serve started a replacement
+    assert _search(url, query="permutation test", collection="docs", k=3).status_code == 200

@@ -163,7 +163,7 @@ class DocumentRoutes:
         """An ingestion job: ``state`` (queued, waiting, running, done, failed), each file's state, items and errors,
         the counts so far and the stage timings."""
         service = self._service()
-        job = await service.job.remote(job_id) if len(job_id) <= 64 else None
+        job = await self.retries.call("ingestor.job", lambda: service.job.remote(job_id)) if len(job_id) <= 64 else None
         if job is None or not context.current().can_read(job["collection"]):
             raise ApiError(404, "not_found", f"no job {job_id}")
         context.note(collection=job["collection"])

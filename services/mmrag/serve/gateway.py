@@ -108,6 +108,9 @@ class Gateway(DocumentRoutes):
             gates=self.gates,
         )
         self.metrics = metrics if metrics is not None else GatewayMetrics()
+        from mmrag.serve.retries import Retries
+
+        self.retries = Retries(srv.retry_deadline_s, on_event=self.metrics.retry)
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._collections_refreshing = False
         self._rerank_info: dict[str, Any] | None = None
@@ -212,7 +215,7 @@ class Gateway(DocumentRoutes):
 
         collection = await self._check(req)
         if self._rerank_info is None:
-            self._rerank_info = await self.reranker.info.remote()
+            self._rerank_info = await self.retries.call("reranker.info", lambda: self.reranker.info.remote())
         kind = self._rerank_info["kind"]
         pol = resolve(
             self.cfg,
@@ -233,15 +236,14 @@ class Gateway(DocumentRoutes):
 
         t0 = time.perf_counter()
         try:
-            out = await self.retriever.search.remote(
-                req.query,
-                k=n,
-                collection=collection,
-                mode=req.mode,
-                filters=req.filters.model_dump(exclude_none=True) if req.filters else None,
-                weights=pol.weights,
-                fusion=pol.method,
-            )
+            filters = req.filters.model_dump(exclude_none=True) if req.filters else None
+            out = await self.retries.call(
+                "retriever.search",
+                lambda: self.retriever.search.remote(
+                    req.query, k=n, collection=collection, mode=req.mode, filters=filters, weights=pol.weights,
+                    fusion=pol.method,
+                ),
+            )  # fmt: skip
         except SearchError as e:  # a search this store cannot run as asked (e.g. dense mode without text vectors)
             raise ApiError(400, "invalid_request", str(e), "mode") from e
         timings = {"retrieve": (time.perf_counter() - t0) * 1e3, **out["timings"]}
@@ -256,8 +258,11 @@ class Gateway(DocumentRoutes):
             else:
                 qmv = out["query_mv"]
                 if qmv is None and self._rerank_info["needs_query_vectors"]:
-                    qmv = await self.retriever.encode.remote(req.query)
-                scores = await self.reranker.scores.remote(req.query, qmv, pool)
+                    qmv = await self.retries.call("retriever.encode", lambda: self.retriever.encode.remote(req.query))
+                scores = await self.retries.call(
+                    "reranker.scores",
+                    lambda: self.reranker.scores.remote(req.query, qmv, pool),
+                )
             hits = blend_rerank(pool, scores, rw, len(pool), name=kind) + hits[len(pool) :]
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
         return hits[: req.k], out["mode"], collection, timings

@@ -45,6 +45,16 @@ class GatewayMetrics:
         self.contexts = metrics.Counter(
             "mmrag_contexts_total", description="Items handed to the generator.", tag_keys=("endpoint", "modality")
         )
+        self.retries = metrics.Counter(
+            "mmrag_retries_total",
+            description="Idempotent calls retried after their replica died (outcome retried), and retries that "
+            "failed too (outcome failed).",
+            tag_keys=("call", "outcome"),
+        )
+
+    def retry(self, call: str, outcome: str) -> None:
+        if self.enabled:
+            self.retries.inc(1, tags={"call": call, "outcome": outcome})
 
     def request(self, endpoint: str, status: int) -> None:
         if self.enabled:
