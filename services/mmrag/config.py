@@ -534,6 +534,12 @@ class IngestorConfig(DeploymentConfig):
     retry_wait_s: float = Field(
         default=5.0, gt=0, description="Wait before trying again when another writer (mmrag ingest) holds the store."
     )
+    stats_period_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each replica reports the jobs it holds, which routes uploads to the replica holding "
+        "the fewest and (with autoscaling) sizes the deployment: target_ongoing_requests counts jobs per replica here.",
+    )
     text_after_publish: bool = Field(
         default=True,
         description="Publish an upload's documents as soon as their pages are embedded by the visual model, and add "
@@ -544,9 +550,27 @@ class IngestorConfig(DeploymentConfig):
         default=10,
         ge=0,
         le=19,
-        description="Nice value of the replica's job thread (Linux): ingestion yields the CPU to searches where they "
-        "share cores; 0 keeps normal priority.",
+        description="Nice value of the ingestion replicas (Linux; every thread, model thread pools included): "
+        "ingestion yields the CPU to searches where they share cores; 0 keeps normal priority.",
     )
+
+    def serve_options(self) -> dict[str, Any]:
+        """Serve options plus job-aware routing and scaling (:mod:`mmrag.serve.ingest_scaling`): an upload returns
+        at once, so requests in flight say nothing about this deployment's load; the jobs its replicas hold do."""
+        from ray.serve.config import RequestRouterConfig
+
+        opts = super().serve_options()
+        opts["request_router_config"] = RequestRouterConfig(
+            request_router_class="mmrag.serve.ingest_scaling:FewestJobsRouter",
+            request_routing_stats_period_s=self.stats_period_s,
+            request_routing_stats_timeout_s=max(5.0, 2 * self.stats_period_s),
+        )
+        if "autoscaling_config" in opts:
+            opts["autoscaling_config"]["policy"] = {
+                "policy_function": "mmrag.serve.ingest_scaling:jobs_autoscaling_policy"
+            }
+            opts["autoscaling_config"]["metrics_interval_s"] = self.stats_period_s
+        return opts
 
 
 class RerankerConfig(DeploymentConfig):

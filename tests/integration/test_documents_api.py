@@ -57,7 +57,14 @@ def app(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
             "ingest": {"ocr": "never"},
             "server": {"port": _free_port(), "auth": "required"},
             "generator": {"engine": "none"},
-            "ingestor": {"max_upload_bytes": LIMIT, "staging_dir": str(d / "staging"), "calibrate": False},
+            # two ingestion replicas: uploads spread by the jobs each holds, and they take turns on the writer lease
+            "ingestor": {
+                "max_upload_bytes": LIMIT,
+                "staging_dir": str(d / "staging"),
+                "calibrate": False,
+                "num_replicas": 2,
+                "stats_period_s": 0.5,
+            },
             **{s: {"num_replicas": 1, "autoscaling": None} for s in ("retriever", "reranker", "gateway")},
         },
     )
@@ -235,6 +242,8 @@ def test_concurrent_uploads_to_one_collection(app, tmp_path) -> None:
     assert all(r.status_code == 202 for r in responses)
     jobs = [_wait(app, app["writer"], r.json()["id"]) for r in responses]
     assert all(j["state"] == "done" and j["files"][0]["items"] == 2 for j in jobs), jobs
+    # spread over both ingestion replicas (the router counts what it sent since their last report)
+    assert len({j["replica"] for j in jobs}) == 2, [j["replica"] for j in jobs]
     for i in range(3):
         hits = _until_found(app, app["writer"], "more", f"zebra{i} walrus{i}")
         assert hits and hits[0]["source"] == f"upload:note{i}.pdf", hits[:2]
@@ -322,6 +331,7 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
     r = _upload(app, app["writer"], "docs", [("cup.mp4", video), ("coin2.pdf", (DATA / "coin.pdf").read_bytes())])
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
+    owner = r.json()["replica"]
     deadline = time.time() + 120
     while time.time() < deadline:
         state = httpx.get(f"{app['url']}/v1/jobs/{job_id}", headers=_h(app["writer"]), timeout=30).json()["state"]
@@ -333,8 +343,8 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
         for a in ray.util.list_named_actors(all_namespaces=True)
         if "Ingestor" in a["name"] and a["name"].startswith("SERVE_REPLICA")
     ]
-    assert len(names) == 1, names
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    assert len(names) == 2 and owner in names, (owner, names)
+    ray.kill(ray.get_actor(owner, namespace="serve"), no_restart=True)
     # while the job is redone, the collection shows only whole documents
     seen_partial = []
     deadline = time.time() + 300
@@ -356,6 +366,7 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
         time.sleep(0.5)
     assert job is not None, "the killed job never finished"
     assert job["state"] == "done", job
+    assert job["replica"] != owner  # the replica Serve started in its place adopted it; the other one did not
     assert {f["name"]: f["state"] for f in job["files"]} == {"cup.mp4": "done", "coin2.pdf": "done"}
     assert not seen_partial
     assert _until_found(app, app["reader"], "docs", "conditional inference")

@@ -15,6 +15,7 @@ before it writes anything, since each would delete the other's unpublished rows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -95,6 +96,8 @@ BatchRunner = Callable[[list[dict[str, Any]], MmragConfig], Iterable[pa.Table]]
 TextEmbedder = Callable[[pa.Table], pa.Table]
 #: the dense text columns a runner may leave out when they come after publishing
 _DEFERRED_TEXT = frozenset({"text_vectors", S.TEXT_VECTOR, "text_model_id"})
+#: while another writer holds the store: called with its message, returns the seconds to wait before trying again
+LeaseWait = Callable[[str], float]
 #: items text-embedded per merge into the store when text vectors come after publishing
 TEXT_FILL_ROWS = 256
 
@@ -178,6 +181,7 @@ def ingest(
     names: dict[str, str] | None = None,
     optimize: bool | None = None,
     text_after_publish: TextEmbedder | None = None,
+    lease_wait: LeaseWait | None = None,
 ) -> IngestSummary:
     """Ingest files, directories, globs or object-store URIs into the configured store, then re-calibrate the
     collection's search if it changed materially (``calibrate=False`` skips that; ``mmrag calibrate`` does it).
@@ -189,8 +193,14 @@ def ingest(
     those columns empty (searchable at once by keywords and the visual channel) and this embedder fills them in
     right after (:func:`fill_text_vectors`), so a small upload is searchable before its slowest stage ran.
 
+    ``lease_wait``: read and embed everything *before* taking the store's writer lease, and hold it only to write
+    and publish (and, with ``text_after_publish``, again to merge the text vectors, embedded without it): several
+    ingestion replicas then embed at once and take turns only to write. While another writer holds the store this
+    calls ``lease_wait(message)`` and tries again every ``lease_wait.every_s``. The embedded rows wait in memory,
+    so this is for uploads (bounded by the upload limits), not for folders of thousands of files.
+
     Raises :class:`mmrag.store.lease.LeaseHeldError` (a ValueError) without writing anything when another writer
-    holds the store."""
+    holds the store (never with ``lease_wait``)."""
     t_start = time.perf_counter()
     collection = collection or cfg.store.default_collection
     S.validate_collection(collection)
@@ -198,15 +208,21 @@ def ingest(
     summary = IngestSummary(collection=collection, store=store.uri)
     if optimize is None:
         optimize = cfg.store.writer.optimize_after_ingest
-    with WriterLease.from_config(store, cfg.store.writer, purpose=f"ingest into {collection}") as lease:
+    lease = WriterLease.from_config(store, cfg.store.writer, purpose=f"ingest into {collection}")
+    try:
+        if lease_wait is None:
+            lease.acquire()
         wrote = _ingest(
             inputs, cfg, collection, store, summary, lease, progress,
-            runner=runner, names=names, text_after_publish=text_after_publish,
+            runner=runner, names=names, text_after_publish=text_after_publish, lease_wait=lease_wait,
         )  # fmt: skip
         if wrote and optimize:
             t0 = time.perf_counter()
-            summary.optimize = _optimize(store, cfg, lease)
+            with _taken(lease, lease_wait):
+                summary.optimize = _optimize(store, cfg, lease)
             summary.stage_seconds["optimize"] = time.perf_counter() - t0
+    finally:
+        lease.release()
     if calibrate and summary.documents:
         t0 = time.perf_counter()
         summary.calibration = _calibrate(cfg, collection)
@@ -227,15 +243,18 @@ def _ingest(
     runner: BatchRunner | None = None,
     names: dict[str, str] | None = None,
     text_after_publish: TextEmbedder | None = None,
+    lease_wait: LeaseWait | None = None,
 ) -> bool:
-    """The run itself, under the writer lease; fills ``summary`` and returns whether it wrote anything.
+    """The run itself, under the writer lease (taken by the caller, or here only to write when ``lease_wait`` is
+    given); fills ``summary`` and returns whether it wrote anything.
 
     ``runner`` turns the planned tasks into the stream of stage output tables: Ray Data's actor pools by default,
     or warm in-process stages (:class:`mmrag.ingest.warm.WarmStages`) for the ingestion service."""
     run_id = uuid.uuid4().hex[:12]
     dim = cfg.models.retriever.dim
     text_dim = cfg.models.text.dim if cfg.models.text is not None else None
-    store.ensure_tables(dim, text_dim)
+    if lease_wait is None:
+        store.ensure_tables(dim, text_dim)
 
     if cfg.models.uses_tiny():
         from mmrag.models.tiny import build_tiny
@@ -253,6 +272,11 @@ def _ingest(
         "write": 0.0,
         "index": 0.0,
     }
+    batches: Iterable[pa.Table] = (runner or _ray_data_batches)(tasks, cfg) if tasks else ()
+    if lease_wait is not None and (tasks or plan_errors):
+        batches = list(batches)  # read and embed everything first: the lease is then held only to write
+        _take(lease, lease_wait)
+        store.ensure_tables(dim, text_dim)
     summary.skipped = skipped
     summary.errors.extend(plan_errors)
     if plan_errors:
@@ -265,8 +289,6 @@ def _ingest(
     if not tasks:
         summary.stage_seconds = stage_s
         return bool(plan_errors)
-
-    batches = (runner or _ray_data_batches)(tasks, cfg)
 
     docs = {t["source_uri"]: _DocProgress(t["source_uri"], t["content_hash"], t["doc_kind"]) for t in tasks}
     store.begin_documents(collection, [(d.source_uri, d.content_hash) for d in docs.values()])
@@ -340,16 +362,21 @@ def _ingest(
         err = {"path": d.source_uri, "reason": "the reader crashed on this file (see the Ray logs); nothing was stored"}
         summary.errors.append({**err, "path": shown.get(d.source_uri, d.source_uri)})
         _store_errors(store, collection, d, [err], run_id)
-    if text_after_publish is not None and text_dim and published:
-        t0 = time.perf_counter()
-        store.refresh_scalar_indexes()  # the merge below joins on ``id``
-        fill_text_vectors(store, text_after_publish, collection=collection, doc_ids=published, lease=lease)
-        stage_s["text_embed"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     store.refresh_text_index()
-    store.refresh_scalar_indexes()
+    store.refresh_scalar_indexes()  # the text vectors' merge below joins on ``id``
     store.refresh_vector_index(cfg.store.text_ann_min_rows)
     stage_s["index"] = time.perf_counter() - t0
+    if text_after_publish is not None and text_dim and published:
+        t0 = time.perf_counter()
+        if lease_wait is not None:
+            lease.release()  # embedded without it, merged under it again
+        fill_text_vectors(
+            store, text_after_publish, collection=collection, doc_ids=published, lease=lease, lease_wait=lease_wait
+        )
+        with _taken(lease, lease_wait):
+            store.refresh_vector_index(cfg.store.text_ann_min_rows)
+        stage_s["text_embed"] += time.perf_counter() - t0
     summary.files = counts["files"]
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
     summary.stage_seconds = stage_s
@@ -363,21 +390,55 @@ def fill_text_vectors(
     collection: str | None = None,
     doc_ids: list[str] | None = None,
     lease: WriterLease | None = None,
+    lease_wait: LeaseWait | None = None,
 ) -> int:
     """Dense text vectors for published items that have none yet (of ``doc_ids`` in ``collection``, or all):
     embedded with ``embed`` and merged into their rows (every other column kept). Returns the items written.
 
     Used right after a publish that deferred them, and when the ingestion service starts, for documents whose
-    job stopped between publishing and this step (they were searchable meanwhile by keywords and pictures)."""
+    job stopped between publishing and this step (they were searchable meanwhile by keywords and pictures).
+
+    With ``lease_wait`` (and ``lease`` not held) every vector is computed first and ``lease`` taken only to merge
+    them; otherwise the caller holds ``lease`` (if any) throughout."""
     todo = store.items_without_text_vectors(collection, doc_ids)
+    parts = (
+        embed(part.append_column("kind", pa.array(["item"] * part.num_rows)))
+        for part in (todo.slice(s, TEXT_FILL_ROWS) for s in range(0, todo.num_rows, TEXT_FILL_ROWS))
+    )
+    if lease_wait is not None:
+        parts = iter(list(parts))  # type: ignore[assignment]
     done = 0
-    for s in range(0, todo.num_rows, TEXT_FILL_ROWS):
-        part = todo.slice(s, TEXT_FILL_ROWS)
-        out = embed(part.append_column("kind", pa.array(["item"] * part.num_rows)))
-        if lease is not None:
-            lease.ensure_held()
-        done += store.set_text_vectors(out)
+    with _taken(lease, lease_wait) if lease is not None else contextlib.nullcontext():
+        for out in parts:
+            if lease is not None:
+                lease.ensure_held()
+            done += store.set_text_vectors(out)
     return done
+
+
+def _take(lease: WriterLease, wait: LeaseWait) -> None:
+    """Take ``lease``, calling ``wait`` (which says how long to sleep) while another writer holds the store."""
+    from mmrag.store.lease import LeaseHeldError
+
+    while True:
+        try:
+            lease.acquire()
+            return
+        except LeaseHeldError as e:
+            time.sleep(wait(str(e)))
+
+
+@contextlib.contextmanager
+def _taken(lease: WriterLease, wait: LeaseWait | None) -> Iterator[None]:
+    """``lease`` held for the block: taken (waiting) and given back when ``wait`` is set, else the caller's."""
+    if wait is None:
+        yield
+        return
+    _take(lease, wait)
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:

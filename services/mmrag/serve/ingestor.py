@@ -8,9 +8,12 @@ reader, encoder and text encoder loaded once at start) instead of Ray Data's act
 embedding and publishing code as ``mmrag ingest``, without its ~30 s start-up.
 
 Safety is the pipeline's: rows are written invisible and a document is published only once all its rows are in,
-so a replica killed at any point leaves no partial document; each job holds the store's writer lease
-(:mod:`mmrag.store.lease`) while it writes, so the service and ``mmrag ingest`` take turns (a job waits, state
-``waiting``, while another writer holds the store). A job that was queued or running when its replica stopped is
+so a replica killed at any point leaves no partial document. A job reads and embeds its files first and takes the
+store's writer lease (:mod:`mmrag.store.lease`) only to write and publish them (and again to merge their text
+vectors), so several replicas embed at once and take turns only to write, with each other and with ``mmrag
+ingest`` (a job waits, state ``waiting``, while another writer holds the store). Uploads are routed to the replica
+holding the fewest jobs, and the deployment autoscales on the jobs its replicas hold
+(:mod:`mmrag.serve.ingest_scaling`). A job that was queued or running when its replica stopped is
 run again when a replica starts and finds its staged files; otherwise it is marked failed ("upload again").
 
 Deletes go through the same queue, ahead of waiting uploads, so a delete never races a job's publishing.
@@ -90,6 +93,10 @@ class Ingestor:
 
         self.cfg = MmragConfig.model_validate(config)
         self.icfg = self.cfg.ingestor
+        if self.icfg.niceness:
+            # the whole replica, before the models load: their thread pools (OpenMP, LanceDB's runtime) are started
+            # later by niced threads and inherit it; a niced job thread alone left its OpenMP pool at normal priority
+            _nice_process(self.icfg.niceness)
         self.store = LanceStore.from_config(self.cfg.store)
         self.book = JobBook(self.store)
         self.staging = Path(self.icfg.staging_dir or constants.mmrag_home() / "uploads")
@@ -98,9 +105,11 @@ class Ingestor:
         self.jobs: dict[str, dict[str, Any]] = {}
         self._queue: queue.PriorityQueue[tuple[int, int, str, Any]] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._pending = 0
+        self._pending = 0  # jobs queued, waiting or running on this replica
+        self._stats_seq = 0
         self._wrote_since_optimize = 0
         self._lock = threading.Lock()
+        self.replica = _replica_name()
         self._resume()
         if self.stages.text is not None:  # first: documents a stopped job published before their text vectors
             self._queue.put((_DELETE, next(self._seq), "fill", None))
@@ -179,6 +188,22 @@ class Ingestor:
         assert out is not None
         return out
 
+    # ------------------------------------------------------------------------------ load, for routing and scaling
+    def _jobs_held(self) -> dict[str, float]:
+        from mmrag.serve.ingest_scaling import JOBS_METRIC, STATS_SEQ
+
+        with self._lock:
+            self._stats_seq += 1
+            return {JOBS_METRIC: float(self._pending), STATS_SEQ: float(self._stats_seq)}
+
+    def record_routing_stats(self) -> dict[str, float]:
+        """Serve's router asks each replica for this (FewestJobsRouter sends uploads to the fewest jobs)."""
+        return self._jobs_held()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler asks each replica for this (jobs_autoscaling_policy sizes the deployment by jobs)."""
+        return self._jobs_held()
+
     def check_health(self) -> None:
         if self.worker.ident is not None and not self.worker.is_alive():
             raise RuntimeError("the ingestion worker thread died")
@@ -201,6 +226,7 @@ class Ingestor:
             (folder / _disk_name(name)).write_bytes(blob)
 
     def _enqueue(self, job: dict[str, Any]) -> dict[str, Any]:
+        job["replica"] = self.replica  # the replica whose queue and staging dir hold it
         with self._lock:
             self.jobs[job["id"]] = job
         self.book.save(job)
@@ -213,13 +239,19 @@ class Ingestor:
         return await asyncio.wrap_future(fut)
 
     def _resume(self) -> None:
-        """Jobs left queued or running by a stopped replica: run again if their files are still staged."""
+        """Jobs left queued or running by a stopped replica: run again if their files are still staged. Jobs of
+        replicas still running are theirs (this replica may be one autoscaling just added)."""
         try:
             left = self.book.unfinished()
         except Exception:
             log.exception("reading unfinished ingestion jobs failed")
             return
+        alive = _live_replicas()
         for job in left:
+            owner = job.get("replica")
+            if owner and owner != self.replica and (alive is None or owner in alive):
+                continue
+            job["replica"] = self.replica
             staged = job.get("staged")
             if job.get("uris") or (staged and Path(staged).is_dir()):
                 job.update(state="queued", message="resumed after the ingestion service restarted")
@@ -236,14 +268,6 @@ class Ingestor:
             self.book.save(job)
 
     def _work(self) -> None:
-        if self.icfg.niceness:
-            # Linux nices threads one by one: the job thread yields the CPU to searches on a shared machine, while
-            # this replica's event loop keeps answering at normal priority. (Threads a library started earlier,
-            # e.g. an OpenMP pool, keep the priority they were started with.)
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.icfg.niceness)
-            except (OSError, AttributeError):
-                log.warning("cannot lower the ingestion worker's priority", exc_info=True)
         while True:
             _, _, kind, payload = self._queue.get()
             try:
@@ -276,9 +300,18 @@ class Ingestor:
         def progress(counts: dict[str, int]) -> None:
             with self._lock:
                 job["counts"] = dict(counts)
+                if job["state"] == "waiting":  # the writer lease is ours now
+                    job.update(state="running", message=None)
             if time.monotonic() - last[0] >= SAVE_EVERY_S:
                 last[0] = time.monotonic()
                 self.book.save(job)
+
+        def wait(message: str) -> float:
+            """Embedded, waiting for another writer (another replica's job, mmrag ingest) to finish writing."""
+            with self._lock:
+                job.update(state="waiting", message=message)
+            self.book.save(job)
+            return self.icfg.retry_wait_s
 
         try:
             while True:
@@ -295,6 +328,7 @@ class Ingestor:
                         names=names,
                         optimize=False,
                         text_after_publish=self.stages.text if deferred else None,
+                        lease_wait=wait,
                     )
                     break
                 except LeaseHeldError as e:
@@ -413,6 +447,41 @@ class Ingestor:
             if what == "collection":
                 self.store.forget_collection(collection)
         return {"collection": collection, "documents": len(docs), "items": items}
+
+
+def _nice_process(niceness: int) -> None:
+    """Lower every thread of this process to ``niceness`` (Linux nices threads one by one; threads started later
+    inherit their creator's). Never raises: on another OS, or without permission, the replica keeps its priority."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [threading.get_native_id()]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+        except (OSError, AttributeError):
+            log.warning("cannot lower the ingestion replica's priority", exc_info=True)
+            return
+
+
+def _replica_name() -> str:
+    """This replica's Serve actor name (SERVE_REPLICA::app#deployment#id); a placeholder outside Serve (tests)."""
+    try:
+        return str(serve.get_replica_context().replica_id.to_full_id_str())
+    except Exception:
+        return f"local-{os.getpid()}"
+
+
+def _live_replicas() -> set[str] | None:
+    """Names of the Serve replica actors alive now, or None when Ray cannot say (then every job is adopted)."""
+    try:
+        import ray
+
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == "serve"}
+    except Exception:
+        log.warning("cannot list the running replicas; adopting every unfinished ingestion job", exc_info=True)
+        return None
 
 
 def check_uri(uri: str, allowed: list[str]) -> None:
