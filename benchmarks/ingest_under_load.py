@@ -37,6 +37,13 @@ import numpy as np
 from benchmarks.freshness import COLLECTION, ROOT, SearchLoad, _found, _p, _wait, make_pdfs
 from benchmarks.search_http import _free_port
 
+INCOMING = "incoming"
+
+
+def _found_in(c: httpx.Client, url: str, collection: str, query: str, source: str) -> bool:
+    r = c.post(f"{url}/v1/search", json={"query": query, "collection": collection, "k": 5, "mode": "text"})
+    return r.status_code == 200 and any(h["source"] == source for h in r.json()["results"])
+
 
 def _replicas() -> list[str]:
     """Serve replica actors alive now, by name (a restarted replica comes back under a new name)."""
@@ -59,8 +66,14 @@ def _phase(load: SearchLoad, since: int) -> dict[str, Any]:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    idle, busy = r["idle"], r["ingesting"]
+    idle, busy, after = r["idle"], r["ingesting"], r["idle_after"]
     ing = r["ingestion"]
+    where = (
+        f"into another collection ({r['into']!r}) than the one searched ({r['searched_collection_pages']} pages, "
+        "the same size in every phase)"
+        if r["into"] != COLLECTION
+        else f"into the searched collection ({r['searched_collection_pages']} pages at the start, growing)"
+    )
     lines = [
         "# Searches while ingestion adds pages (local-cpu, ingestion service)",
         "",
@@ -70,8 +83,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"- app: local-cpu, search only (no generator), one replica each, ingestion through "
         f"`POST /v1/collections/{{name}}/documents`; {r['clients']} closed-loop search clients throughout",
         f"- ingested: {ing['pages']} pages in {ing['documents']} PDFs, {ing['uploads']} uploads of "
-        f"{r['per_upload']} files, in {ing['seconds']:.0f} s ({ing['pages'] / ing['seconds']:.1f} pages/s under "
-        "search load)",
+        f"{r['per_upload']} files, {where}, in {ing['seconds']:.0f} s ({ing['pages'] / ing['seconds']:.1f} pages/s "
+        "under search load)",
         "",
         "| phase | searches | p50 | p99 | errors |",
         "|---|---:|---:|---:|---|",
@@ -79,6 +92,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{idle.get('errors') or 'none'} |",
         f"| ingesting ({ing['seconds']:.0f} s) | {busy['searches']} | {busy['p50_ms']:.0f} ms | "
         f"{busy['p99_ms']:.0f} ms | {busy.get('errors') or 'none'} |",
+        f"| idle again ({r['idle_s']:.0f} s) | {after['searches']} | {after['p50_ms']:.0f} ms | "
+        f"{after['p99_ms']:.0f} ms | {after.get('errors') or 'none'} |",
         "",
         f"Job end -> document found by its own words: p50 {ing['found_after_job_p50_s']:.2f} s, max "
         f"{ing['found_after_job_max_s']:.2f} s over {ing['documents']} documents ({len(ing['never_found'])} never "
@@ -100,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--idle", type=float, default=40.0, help="seconds of the idle baseline")
     ap.add_argument("--per-upload", type=int, default=10, help="PDFs per upload request")
+    ap.add_argument(
+        "--preload", type=int, default=200, help="pages in the searched collection before the clients start"
+    )
+    ap.add_argument(
+        "--into",
+        choices=["other", "searched"],
+        default="other",
+        help="ingest into another collection than the searched one (default: the searched collection's size stays "
+        "the same, so the phases compare like with like), or into the searched one (it grows as it is searched)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ingest_under_load.json"))
     args = ap.parse_args(argv)
 
@@ -111,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="mmrag-ingest-load-"))
     pdfs = make_pdfs(max(1, args.pages // 10), seed=21)
+    preload = [(f"pre-{n}", d, w) for n, d, w in make_pdfs(max(0, args.preload // 10), seed=5)]
     load_start = [round(x, 2) for x in os.getloadavg()]
     cfg = load_config(
         "local-cpu",
@@ -124,35 +150,48 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     url = run_app(cfg)
-    base = f"{url}/v1/collections/{COLLECTION}/documents"
+    into = COLLECTION if args.into == "searched" else INCOMING
     found_after: list[float] = []
     never: list[str] = []
     uploads = 0
+
+    def upload(c: httpx.Client, collection: str, batch: list[tuple[str, bytes, str]]) -> dict[str, Any]:
+        r = c.post(
+            f"{url}/v1/collections/{collection}/documents",
+            files=[("files", (n, d, "application/pdf")) for n, d, _ in batch],
+        )
+        r.raise_for_status()
+        job_id = r.json()["id"]
+        _wait(lambda: c.get(f"{url}/v1/jobs/{job_id}").json()["state"] in ("done", "failed"), 1800, 0.5)
+        return dict(c.get(f"{url}/v1/jobs/{job_id}").json())
+
     with httpx.Client(timeout=120) as c:
-        first = c.post(base, files=[("files", ("coin.pdf", (ROOT / "tests/data/coin.pdf").read_bytes()))]).json()
-        _wait(lambda: c.get(f"{url}/v1/jobs/{first['id']}").json()["state"] in ("done", "failed"), 300, 0.5)
+        t0 = time.perf_counter()
+        upload(c, COLLECTION, [("coin.pdf", (ROOT / "tests/data/coin.pdf").read_bytes(), "")])
+        for s in range(0, len(preload), args.per_upload):
+            upload(c, COLLECTION, preload[s : s + args.per_upload])
+        preload_s = time.perf_counter() - t0
         _wait(lambda: _found(c, url, "conditional inference", "upload:coin.pdf"), 60)
+        searched_pages = sum(
+            d["items"] for d in c.get(f"{url}/v1/collections/{COLLECTION}/documents?limit=1000").json()["documents"]
+        )
+        print(f"  preloaded {searched_pages} pages into {COLLECTION!r} in {preload_s:.0f} s", flush=True)
         replicas_before = _replicas()
         with SearchLoad(url, args.clients) as load:
             time.sleep(3)  # clients connected and warm
             mark = len(load.latencies)
-            idle_errors = dict(load.errors)
             time.sleep(args.idle)
-            idle = {**_phase(load, mark), "errors": dict(idle_errors)}
+            idle = {**_phase(load, mark), "errors": dict(load.errors)}
             mark = len(load.latencies)
             errors_before = dict(load.errors)
             t_ingest = time.perf_counter()
             for s in range(0, len(pdfs), args.per_upload):
                 batch = pdfs[s : s + args.per_upload]
-                r = c.post(base, files=[("files", (n, d, "application/pdf")) for n, d, _ in batch])
-                r.raise_for_status()
+                job = upload(c, into, batch)
                 uploads += 1
-                job_id = r.json()["id"]
-                _wait(lambda: c.get(f"{url}/v1/jobs/{job_id}").json()["state"] in ("done", "failed"), 1800, 0.5)  # noqa: B023
                 t_done = time.perf_counter()
-                job = c.get(f"{url}/v1/jobs/{job_id}").json()
                 for name, _, words in batch:
-                    got = _wait(lambda: _found(c, url, words, f"upload:{name}"), 30)  # noqa: B023
+                    got = _wait(lambda: _found_in(c, url, into, words, f"upload:{name}"), 30)  # noqa: B023
                     if got is None:
                         never.append(name)
                     else:
@@ -167,13 +206,20 @@ def main(argv: list[str] | None = None) -> int:
             busy["errors"] = {
                 k: v - errors_before.get(k, 0) for k, v in load.errors.items() if v > errors_before.get(k, 0)
             }
+            errors_before = dict(load.errors)
+            mark = len(load.latencies)
+            time.sleep(args.idle)
+            after = _phase(load, mark)
+            after["errors"] = {
+                k: v - errors_before.get(k, 0) for k, v in load.errors.items() if v > errors_before.get(k, 0)
+            }
         replicas_after = _replicas()
-        listing = c.get(f"{base}?limit=1000").json()
+        listing = c.get(f"{url}/v1/collections/{into}/documents?limit=1000").json()
     serve.shutdown()
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
 
-    pages = sum(d["items"] for d in listing["documents"] if d["name"] != "coin.pdf")
+    pages = sum(d["items"] for d in listing["documents"] if d["name"].startswith("fresh-"))
     restarted = sorted(set(replicas_before) - set(replicas_after))
     result: dict[str, Any] = {
         "benchmark": "ingest_under_load",
@@ -183,8 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "per_upload": args.per_upload,
         "idle_s": args.idle,
+        "into": into,
+        "searched_collection_pages": searched_pages,
+        "preload_s": preload_s,
         "idle": idle,
         "ingesting": busy,
+        "idle_after": after,
         "ingestion": {
             "pages": pages,
             "documents": len(pdfs),
