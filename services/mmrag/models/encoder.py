@@ -7,6 +7,7 @@ functions that need them, so this module imports on a machine without them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 
 from mmrag.config import TINY_PREFIX, ModelsConfig
 from mmrag.models.tiny import MANIFEST_NAME
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -179,6 +182,23 @@ def resolve_model_ref(models_cfg: ModelsConfig, ref: str, *, role: str = "retrie
 
 
 # ----------------------------------------------------------------------------------------------- encoder
+def usable_attention(requested: str, device: str) -> str:
+    """The attention implementation to load with: ``flash_attention_2`` needs a CUDA device and the ``flash_attn``
+    package, which the ``gpu`` extra does not install (its wheels must match the CUDA torch exactly); without them
+    the encoder falls back to PyTorch's ``sdpa`` kernels on CUDA and to ``eager`` on CPU (sdpa gives NaN for the
+    padded rows of left-padded query batches on CPU), with a warning, instead of failing the deployment."""
+    import importlib.util
+
+    if requested != "flash_attention_2":
+        return requested
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return requested
+    fallback = "sdpa" if device.startswith("cuda") else "eager"
+    why = "flash_attn is not installed" if device.startswith("cuda") else f"it needs CUDA, not {device}"
+    log.warning("models.retriever.attn_implementation flash_attention_2 unusable (%s): using %s", why, fallback)
+    return fallback
+
+
 class ColPaliEncoder:
     """Embeds images and queries with a ColPali-family model into per-token float32 arrays.
 
@@ -226,7 +246,7 @@ class ColPaliEncoder:
                 path,
                 revision=rc.revision,
                 dtype=dtype,
-                attn_implementation=rc.attn_implementation,
+                attn_implementation=usable_attention(rc.attn_implementation, device),
                 device_map=device,
             )
             processor = proc_cls.from_pretrained(path, revision=rc.revision)
