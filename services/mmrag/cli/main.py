@@ -119,7 +119,8 @@ def models_build_tiny(
     profile: ProfileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the tiny random-weight ColQwen2 and Qwen2-VL checkpoints offline (idempotent)."""
+    """Build the tiny random-weight checkpoints offline (idempotent): ColQwen2, Qwen2-VL and a cross-encoder (local-cpu),
+    and the gpu profile's architectures for gpu-tiny: a ColQwen2.5 LoRA adapter over its base, and a Qwen2.5-VL."""
     from mmrag.models.tiny import build_tiny
 
     target = out or Path(_config(profile).models.tiny_dir)
@@ -129,7 +130,7 @@ def models_build_tiny(
         typer.echo(json.dumps(report))
         return
     for name, info in report.items():
-        typer.echo(f"{name:10} {info['status']:8} {info['path']}")
+        typer.echo(f"{name:16} {info['status']:8} {info['path']}")
 
 
 @models_app.command("build")

@@ -10,34 +10,61 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrag.config import TINY_GENERATOR, TINY_RETRIEVER
+from mmrag.config import TINY_COLQWEN2_5, TINY_COLQWEN2_5_BASE, TINY_GENERATOR, TINY_QWEN2_5_VL, TINY_RETRIEVER
 from mmrag.models import tiny
 from mmrag.models.encoder import maxsim
-from mmrag.models.tiny import MANIFEST_NAME, WEIGHTS_NAME, TinyModelError, build_tiny, verify_tiny
+from mmrag.models.tiny import (
+    ADAPTER_CONFIG_NAME,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    TinyModelError,
+    build_tiny,
+    verify_tiny,
+    weights_name,
+)
 
 pytestmark = pytest.mark.unit
 
 
 def _all_hashes(root: Path) -> dict[str, dict[str, str]]:
-    return {name: json.loads((root / name / MANIFEST_NAME).read_text())["files"] for name in tiny.SPECS}
+    """Each checkpoint's file hashes, an adapter's config hashed with its base's absolute path taken out (the only
+    bytes that depend on where the tiny directory is)."""
+    out = {}
+    for name in tiny.SPECS:
+        files = dict(json.loads((root / name / MANIFEST_NAME).read_text())["files"])
+        if ADAPTER_CONFIG_NAME in files:
+            config = json.loads((root / name / ADAPTER_CONFIG_NAME).read_text())
+            assert config.pop("base_model_name_or_path") == str((root / tiny.SPECS[name]["base"]).resolve())
+            files[ADAPTER_CONFIG_NAME] = json.dumps(config, sort_keys=True)
+        out[name] = files
+    return out
 
 
-def test_build_writes_both_checkpoints(tiny_dir: Path) -> None:
-    for name in (TINY_RETRIEVER, TINY_GENERATOR):
+def _weights(root: Path, name: str) -> Path:
+    return root / name / weights_name(tiny.SPECS[name])
+
+
+def test_build_writes_every_checkpoint(tiny_dir: Path) -> None:
+    for name in (TINY_RETRIEVER, TINY_GENERATOR, TINY_COLQWEN2_5_BASE, TINY_QWEN2_5_VL):
         ckpt = tiny_dir / name
         files = json.loads((ckpt / MANIFEST_NAME).read_text())["files"]
         assert WEIGHTS_NAME in files
         assert {"config.json", "tokenizer.json", "chat_template.jinja"} <= set(files)
         assert verify_tiny(ckpt) == files[WEIGHTS_NAME]
+    # the adapter holds no model of its own: adapter config and weights, processor and tokenizer (as on the hub)
+    files = json.loads((tiny_dir / TINY_COLQWEN2_5 / MANIFEST_NAME).read_text())["files"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(files)
+    assert "config.json" not in files and WEIGHTS_NAME not in files
+    assert verify_tiny(tiny_dir / TINY_COLQWEN2_5) == files["adapter_model.safetensors"]
     # no temp or backup directories are left beside the checkpoints
     assert sorted(p.name for p in tiny_dir.iterdir() if p.is_dir()) == sorted(tiny.SPECS)
 
 
 def test_second_call_is_present_not_rebuilt(tiny_dir: Path) -> None:
-    before = {n: (tiny_dir / n / WEIGHTS_NAME).stat().st_mtime_ns for n in tiny.SPECS}
+    before = {n: _weights(tiny_dir, n).stat().st_mtime_ns for n in tiny.SPECS}
     summary = build_tiny(tiny_dir)
     assert {n: s["status"] for n, s in summary.items()} == {n: "present" for n in tiny.SPECS}
-    assert {n: (tiny_dir / n / WEIGHTS_NAME).stat().st_mtime_ns for n in tiny.SPECS} == before
+    assert {n: _weights(tiny_dir, n).stat().st_mtime_ns for n in tiny.SPECS} == before
 
 
 def test_build_is_deterministic(tiny_dir: Path, tmp_path: Path) -> None:
@@ -46,6 +73,11 @@ def test_build_is_deterministic(tiny_dir: Path, tmp_path: Path) -> None:
     # every file, not just the weights, is byte-identical
     assert _all_hashes(tmp_path / "again") == _all_hashes(tiny_dir)
     assert summary[TINY_RETRIEVER]["sha256"] == verify_tiny(tiny_dir / TINY_RETRIEVER)
+    assert summary[TINY_COLQWEN2_5]["sha256"] == verify_tiny(tiny_dir / TINY_COLQWEN2_5)
+    # rebuilt where it stands, every byte is the same, the adapter's config (its base's absolute path) included
+    raw = {n: json.loads((tmp_path / "again" / n / MANIFEST_NAME).read_text())["files"] for n in tiny.SPECS}
+    assert all(s["status"] == "built" for s in build_tiny(tmp_path / "again", force=True).values())
+    assert {n: json.loads((tmp_path / "again" / n / MANIFEST_NAME).read_text())["files"] for n in tiny.SPECS} == raw
 
 
 def test_corrupted_weights_are_detected_and_force_repairs(tiny_dir: Path, tmp_path: Path) -> None:
@@ -72,6 +104,8 @@ def test_other_seed_rebuilds_with_other_weights(tiny_dir: Path, tmp_path: Path) 
     summary = build_tiny(copy, seed=1)
     assert all(s["status"] == "built" for s in summary.values())
     assert summary[TINY_RETRIEVER]["sha256"] != verify_tiny(tiny_dir / TINY_RETRIEVER)
+    assert summary[TINY_COLQWEN2_5]["sha256"] != verify_tiny(tiny_dir / TINY_COLQWEN2_5)
+    assert summary[TINY_QWEN2_5_VL]["sha256"] != verify_tiny(tiny_dir / TINY_QWEN2_5_VL)
     assert json.loads((copy / TINY_RETRIEVER / MANIFEST_NAME).read_text())["seed"] == 1
 
 
@@ -185,3 +219,28 @@ def test_maxsim_on_hand_written_tensors() -> None:
         np.array([[-2.0, -3.0]], dtype=np.float32),  # q0 -> -2.0, q1 -> -3.0
     ]
     np.testing.assert_allclose(maxsim(query, docs), [1.5, -5.0])
+
+
+def test_a_moved_adapter_is_refused_then_relinked_to_the_base_beside_it(tiny_dir: Path, tmp_path: Path) -> None:
+    """The adapter names its base by absolute path (transformers resolves a relative one against the working
+    directory): a copied tiny directory would load the original's base, so verification refuses it and the next
+    build re-links it, rebuilding nothing else."""
+    copy = tmp_path / "moved"
+    shutil.copytree(tiny_dir, copy)
+    with pytest.raises(TinyModelError, match=r"stale: .*names the base .*moved or copied.*build-tiny"):
+        verify_tiny(copy / TINY_COLQWEN2_5)
+    summary = build_tiny(copy)
+    assert {n: s["status"] for n, s in summary.items()} == {
+        n: "built" if n == TINY_COLQWEN2_5 else "present" for n in tiny.SPECS
+    }
+    config = json.loads((copy / TINY_COLQWEN2_5 / ADAPTER_CONFIG_NAME).read_text())
+    assert config["base_model_name_or_path"] == str((copy / TINY_COLQWEN2_5_BASE).resolve())
+    assert verify_tiny(copy / TINY_COLQWEN2_5) == summary[TINY_COLQWEN2_5]["sha256"]
+    assert _all_hashes(copy) == _all_hashes(tiny_dir)
+
+    # a base rebuilt differently (another seed) is not the one the adapter was made for: it is rebuilt too
+    manifest = json.loads((copy / TINY_COLQWEN2_5_BASE / MANIFEST_NAME).read_text())
+    manifest["files"][WEIGHTS_NAME] = "0" * 64
+    (copy / TINY_COLQWEN2_5_BASE / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(TinyModelError, match="not the build the adapter was made for"):
+        verify_tiny(copy / TINY_COLQWEN2_5)
