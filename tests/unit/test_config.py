@@ -21,7 +21,7 @@ def _walk_fields(model: type[C.BaseModel], prefix: str = ""):
                 yield from _walk_fields(sub, f"{prefix}{name}.")
 
 
-@pytest.mark.parametrize("profile", ["local-cpu", "gpu"])
+@pytest.mark.parametrize("profile", ["local-cpu", "gpu", "gpu-tiny"])
 def test_profiles_validate(profile: str) -> None:
     cfg = C.load_config(profile)
     assert cfg.profile == profile
@@ -54,6 +54,54 @@ def test_gpu_profile_uses_real_models_and_gpus() -> None:
         assert dep.num_replicas is None and dep.autoscaling is not None
         opts = dep.serve_options()
         assert "autoscaling_config" in opts and "num_replicas" not in opts
+
+
+#: Where gpu-tiny may differ from gpu: the models (tiny references, CPU device and dtype, CPU-sized context) and the
+#: placement (CPU shares, no GPUs); deploy/profiles/gpu-tiny.yaml says why for each. Everything else must be equal.
+SERVING = ("retriever", "reranker", "generator", "gateway", "ingestor")
+INGEST_STAGES = ("read", "embed", "text_embed")
+GPU_TINY_CHANGES = {
+    "profile",
+    "store.uri",
+    "server.host",
+    *(f"models.retriever.{f}" for f in ("model", "dtype", "device", "attn_implementation")),
+    *(f"models.generator.{f}" for f in ("model", "dtype", "device", "enforce_eager")),
+    *(f"{d}.{f}" for d in SERVING for f in ("num_cpus", "num_gpus")),
+    *(f"ingest.{s}.{f}" for s in INGEST_STAGES for f in ("num_cpus", "num_gpus")),
+}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_gpu_tiny_is_the_gpu_profile_on_cpu() -> None:
+    gpu, tiny = (C.load_config(p, use_env=False) for p in ("gpu", "gpu-tiny"))
+    a, b = _flat(gpu.model_dump(mode="json")), _flat(tiny.model_dump(mode="json"))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    drift = sorted(differ - GPU_TINY_CHANGES)
+    assert not drift, f"gpu-tiny differs from gpu beyond its CPU changes (follow gpu.yaml or list why): {drift}"
+    # same deployments, same scaling: every deployment autoscales with the gpu profile's bounds
+    for name in SERVING:
+        assert getattr(tiny, name).autoscaling == getattr(gpu, name).autoscaling is not None
+    # the gpu profile's architectures, as tiny checkpoints, on CPU
+    m = tiny.models
+    assert (m.retriever.model, m.retriever.family) == ("tiny:colqwen2.5", "colqwen2_5")
+    assert m.generator.model == "tiny:qwen2.5-vl" and m.uses_tiny()
+    assert {m.retriever.device, m.generator.device} == {"cpu"} and {m.retriever.dtype, m.generator.dtype} == {"float32"}
+    assert m.retriever.attn_implementation in ("eager", "sdpa")
+    assert all(getattr(tiny, d).num_gpus == 0 for d in SERVING)
+    assert all(getattr(tiny.ingest, s).num_gpus == 0 for s in INGEST_STAGES)
+    # every deployment at its largest and every ingest actor fit 2 CPUs together
+    serving = sum(getattr(tiny, d).num_cpus * getattr(tiny, d).autoscaling.max_replicas for d in SERVING)
+    ingesting = sum(getattr(tiny.ingest, s).num_cpus * getattr(tiny.ingest, s).concurrency for s in INGEST_STAGES)
+    assert serving + ingesting <= 2.0
 
 
 def test_every_field_has_a_description() -> None:

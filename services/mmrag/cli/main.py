@@ -119,8 +119,9 @@ def models_build_tiny(
     profile: ProfileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build the tiny random-weight checkpoints offline (idempotent): ColQwen2, Qwen2-VL and a cross-encoder (local-cpu),
-    and the gpu profile's architectures for gpu-tiny: a ColQwen2.5 LoRA adapter over its base, and a Qwen2.5-VL."""
+    """Build the tiny random-weight checkpoints offline (idempotent): ColQwen2, Qwen2-VL and a cross-encoder
+    (local-cpu), and the gpu profile's architectures for gpu-tiny: a ColQwen2.5 LoRA adapter over its base, and a
+    Qwen2.5-VL."""
     from mmrag.models.tiny import build_tiny
 
     target = out or Path(_config(profile).models.tiny_dir)

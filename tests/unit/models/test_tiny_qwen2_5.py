@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
-from mmrag.config import TINY_COLQWEN2_5, TINY_COLQWEN2_5_BASE, TINY_QWEN2_5_VL, ModelsConfig
+from mmrag.config import TINY_COLQWEN2_5, TINY_COLQWEN2_5_BASE, TINY_QWEN2_5_VL, ModelsConfig, load_config
 from mmrag.models.encoder import ColPaliEncoder, maxsim
 from mmrag.models.tiny import ADAPTER_WEIGHTS_NAME, SPECS, WEIGHTS_NAME
 from mmrag.models.tiny.specs import COLQWEN_LORA_TARGETS
@@ -148,6 +149,26 @@ def test_the_adapter_changes_what_the_base_embeds(
     scores = [maxsim(q, with_adapter[:2]) for q in with_adapter[2:]]
     base_scores = [maxsim(q, base_only[:2]) for q in base_only[2:]]
     assert not np.allclose(scores, base_scores)
+
+
+def test_the_gpu_tiny_encoder_embeds_pages_at_the_gpu_profiles_size(tiny_dir: Path) -> None:
+    """The checkpoint's processor allows Qwen's 12.8 MP: the profile's max_image_pixels (768 visual tokens on the
+    gpu profile too) is what bounds a page, through cap_image_pixels."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    r = load_config("gpu-tiny", use_env=False).models.retriever
+    assert (r.family, r.attn_implementation, r.max_image_pixels) == ("colqwen2_5", "eager", 768 * 28 * 28)
+    enc = _encoder(tiny_dir, r.model, attn_implementation=r.attn_implementation, max_image_pixels=r.max_image_pixels)
+    page = Image.new("RGB", (1224, 1584), "white")  # a letter page at 144 dpi
+    ImageDraw.Draw(page).rectangle((100, 100, 800, 400), fill="navy")
+    (emb,) = enc.embed_images([page])
+    h, w = smart_resize(1584, 1224, factor=28, min_pixels=56 * 56, max_pixels=r.max_image_pixels)
+    visual = h * w // (28 * 28)
+    assert 700 <= visual <= 768
+    prompt = enc.processor.tokenizer(enc.processor.visual_prompt_prefix, add_special_tokens=False)["input_ids"]
+    assert emb.shape == (visual + len(prompt) - 1, 128)  # the one <|image_pad|> of the prompt became `visual`
+    (q,) = enc.embed_queries(["revenue by quarter"])
+    assert q.shape[1] == 128 and np.isfinite(q).all() and np.isfinite(maxsim(q, [emb])).all()
 
 
 def test_the_qwen2_5_vl_generator_loads_every_weight_and_generates(tiny_dir: Path, page_images: list) -> None:
