@@ -1,7 +1,10 @@
 """The authenticator a gateway replica asks once per request: ``Authorization`` header in, principal out.
 
 - The key table is read from the store in the background every ``server.key_refresh_s``, and at once when the
-  copy in memory is 4 s old: a revoked or expired key stops working on every replica within 5 s.
+  copy in memory is 4 s old: a revoked or expired key stops working on every replica within 5 s. A key id the copy
+  does not know is looked up again in a read that starts after the request came (a key made a moment ago works at
+  once); those reads run one at a time, at most one per ``UNKNOWN_READ_GAP_S``, so made-up key ids cannot flood the
+  store.
 - Argon2id verification costs ~0.1 s of CPU and 64 MiB, so its outcome is kept in memory under a SHA-256 of the
   presented key (never stored): a good key is verified once per replica, a wrong secret for a real key id is
   refused from memory for a minute, and at most two verifications run at a time. A token that is not shaped like
@@ -25,6 +28,8 @@ log = logging.getLogger(__name__)
 #: A copy of the key table this old is re-read before it is used (the 5 s revocation promise, less a read).
 MAX_AGE_S = 4.0
 NEGATIVE_TTL_S = 60.0
+#: reads for key ids the copy does not know start at least this far apart
+UNKNOWN_READ_GAP_S = 0.2
 CACHE_ENTRIES = 10_000
 #: A request with no key on a public path (health, API docs) under auth: sees no collection.
 NOBODY = Principal(key_id=None, name="unauthenticated", collections=frozenset(), scope="read")
@@ -73,8 +78,9 @@ class Authenticator:
     # ------------------------------------------------------------------------------ the key table
     def _load(self) -> None:
         assert self.keys is not None
+        started = self._clock()
         self._records = self.keys.records()
-        self._read_at = self._clock()
+        self._read_at = started  # the copy holds every key made before the read started
 
     async def _reload(self) -> None:
         if self._loading is None:
@@ -99,6 +105,20 @@ class Authenticator:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed background read waits
         return self._records
 
+    async def _table_since(self, since: float) -> dict[str, KeyRecord]:
+        """The key table from a read that started at ``since`` or later (waits for one, or starts it)."""
+        while self._read_at < since:
+            if self._loading is None:
+                wait = self._read_at + UNKNOWN_READ_GAP_S - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                await self._reload()  # joins a read in flight; the loop starts another if that one began earlier
+            except Exception as e:
+                log.exception("reading the key table failed")
+                raise AuthError(503, "auth_unavailable", "the key table cannot be read; try again shortly") from e
+        return self._records
+
     # ------------------------------------------------------------------------------ requests
     async def authenticate(self, authorization: str | None, *, public: bool = False) -> Principal:
         """The principal of a request from its ``Authorization`` header; on ``public`` paths a missing key is
@@ -119,7 +139,10 @@ class Authenticator:
         if parsed is None:
             raise AuthError(401, "invalid_api_key", "that is not an mmrag API key (mmrag keys create makes them)")
         key_id, secret = parsed
+        arrived = self._clock()
         rec = (await self._table()).get(key_id)
+        if rec is None:  # made since the last read?
+            rec = (await self._table_since(arrived)).get(key_id)
         if rec is None:
             raise AuthError(401, "invalid_api_key", "unknown API key")
         status = rec.status()

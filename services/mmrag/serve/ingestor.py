@@ -106,7 +106,7 @@ class Ingestor:
         self._queue: queue.PriorityQueue[tuple[int, int, str, Any]] = queue.PriorityQueue()
         self._seq = itertools.count()
         self._pending = 0  # jobs queued, waiting or running on this replica
-        self._stats_seq = 0
+        self._received = 0  # submit calls since start (the router counts its sends beyond this)
         self._wrote_since_optimize = 0
         self._lock = threading.Lock()
         self.replica = _replica_name()
@@ -125,6 +125,7 @@ class Ingestor:
         from mmrag.store import schema as S
         from mmrag.store.jobs import new_job
 
+        self._count_received()
         S.validate_collection(collection)
         if not files:
             raise UploadError("no files in the upload")
@@ -153,6 +154,7 @@ class Ingestor:
         from mmrag.store import schema as S
         from mmrag.store.jobs import new_job
 
+        self._count_received()
         S.validate_collection(collection)
         if not uris:
             raise UploadError("no uris given")
@@ -190,11 +192,14 @@ class Ingestor:
 
     # ------------------------------------------------------------------------------ load, for routing and scaling
     def _jobs_held(self) -> dict[str, float]:
-        from mmrag.serve.ingest_scaling import JOBS_METRIC, STATS_SEQ
+        from mmrag.serve.ingest_scaling import JOBS_METRIC, RECEIVED
 
         with self._lock:
-            self._stats_seq += 1
-            return {JOBS_METRIC: float(self._pending), STATS_SEQ: float(self._stats_seq)}
+            return {JOBS_METRIC: float(self._pending), RECEIVED: float(self._received)}
+
+    def _count_received(self) -> None:
+        with self._lock:
+            self._received += 1
 
     def record_routing_stats(self) -> dict[str, float]:
         """Serve's router asks each replica for this (FewestJobsRouter sends uploads to the fewest jobs)."""

@@ -138,6 +138,40 @@ def test_revocation_and_expiry_take_effect_within_5_s(keys: KeyStore) -> None:
         keys.revoke("0" * 16)
 
 
+def test_a_key_made_after_the_last_read_works_at_once(keys: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key id the copy in memory lacks is looked up in a read that starts after the request: a new key works on
+    its first request; made-up key ids cost at most one read per UNKNOWN_READ_GAP_S, shared by all of them."""
+    import time
+
+    from mmrag.auth.guard import UNKNOWN_READ_GAP_S
+
+    old, _ = keys.create(["docs"])
+    auth = Authenticator(keys, required=True, refresh_s=2.0)  # the real clock
+    _run(auth.authenticate(f"Bearer {old}"))
+    new, rec = keys.create(["docs"])
+    assert _run(auth.authenticate(f"Bearer {new}")).key_id == rec.key_id
+
+    reads: list[float] = []
+    real = keys.records
+
+    def counted() -> dict:
+        reads.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(keys, "records", counted)
+
+    async def flood() -> list[BaseException | object]:
+        made_up = [f"Bearer mmr_{i:016x}_" + "A" * 43 for i in range(50)]
+        return await asyncio.gather(*(auth.authenticate(h) for h in made_up), return_exceptions=True)
+
+    t0 = time.monotonic()
+    out = _run(flood())
+    took = time.monotonic() - t0
+    assert all(isinstance(e, AuthError) and e.status == 401 for e in out)
+    assert 1 <= len(reads) <= 2 + took / UNKNOWN_READ_GAP_S, (len(reads), took)
+    assert all(b - a >= UNKNOWN_READ_GAP_S * 0.9 for a, b in zip(reads, reads[1:], strict=False)), reads
+
+
 def test_background_refresh_keeps_requests_off_the_store(keys: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between refresh_s and the 4 s limit the copy in memory serves while a re-read runs in the background."""
     key, _rec = keys.create(["docs"])

@@ -9,37 +9,59 @@ from types import SimpleNamespace
 import pytest
 
 from mmrag.config import load_config
-from mmrag.serve.ingest_scaling import JOBS_METRIC, STATS_SEQ, FewestJobsRouter, jobs_autoscaling_policy
+from mmrag.serve.ingest_scaling import (
+    JOBS_METRIC,
+    RECEIVED,
+    UNCONFIRMED_TTL_S,
+    FewestJobsRouter,
+    jobs_autoscaling_policy,
+)
 
 pytestmark = pytest.mark.unit
 
 
-def _replica(rid: str, jobs: int, seq: int) -> SimpleNamespace:
-    return SimpleNamespace(replica_id=rid, routing_stats={JOBS_METRIC: float(jobs), STATS_SEQ: float(seq)})
+def _replica(rid: str, jobs: int, received: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(replica_id=rid, routing_stats={JOBS_METRIC: float(jobs), RECEIVED: float(received)})
 
 
-def _router() -> FewestJobsRouter:
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _router(clock: _Clock | None = None) -> FewestJobsRouter:
     r = FewestJobsRouter.__new__(FewestJobsRouter)  # Serve builds it with its handle's internals; the policy is ours
-    r.initialize_state()
+    r.initialize_state(clock=clock or _Clock())
     return r
 
 
+_ids = iter(range(10**6))
+
+
 def _submit() -> SimpleNamespace:
-    return SimpleNamespace(metadata=SimpleNamespace(call_method="submit_files"))
+    return SimpleNamespace(metadata=SimpleNamespace(call_method="submit_files", internal_request_id=f"r{next(_ids)}"))
+
+
+def _ids_of(ranks: list[list[SimpleNamespace]]) -> list[str]:
+    assert all(len(rank) == 1 for rank in ranks)  # one replica per rank: the first is the one counted
+    return [rank[0].replica_id for rank in ranks]
 
 
 def test_uploads_go_to_the_fewest_jobs_and_a_burst_spreads() -> None:
     router = _router()
-    a, b, c = _replica("a", 3, 1), _replica("b", 0, 1), _replica("c", 1, 1)
-    ranks = asyncio.run(router.choose_replicas([a, b, c]))
-    assert [[r.replica_id for r in rank] for rank in ranks] == [["b"], ["c"], ["a"]]
+    a, b, c = _replica("a", 3), _replica("b", 0), _replica("c", 1)
+    assert _ids_of(asyncio.run(router.choose_replicas([a, b, c]))) == ["b", "c", "a"]
 
     # a burst between two reports: what was sent counts, so b, then b/c, ... rather than b every time
     chosen = []
     for _ in range(4):
-        best = asyncio.run(router.choose_replicas([a, b, c]))[0][0]
+        req = _submit()
+        best = asyncio.run(router.choose_replicas([a, b, c], req))[0][0]
         chosen.append(best.replica_id)
-        router.on_request_routed(_submit(), best.replica_id, None)
+        router.on_request_routed(req, best.replica_id, None)
     # b took the first (0 jobs), then b and c level up together; a (3 jobs) never: 5 jobs now split 2/3 or 3/2
     assert "a" not in chosen and chosen[0] == "b", chosen
     assert sorted([router._load(b), router._load(c)]) == [2, 3], chosen
@@ -47,14 +69,45 @@ def test_uploads_go_to_the_fewest_jobs_and_a_burst_spreads() -> None:
     router.on_request_routed(SimpleNamespace(metadata=SimpleNamespace(call_method="job")), "a", None)
     assert router._load(a) == 3
 
-    # a new report from b replaces what was counted for it
-    b2 = _replica("b", 1, 2)
-    assert router._load(b2) == 1
+    # b reports the uploads it received: they are in its job count now, not counted twice
+    sent_b = chosen.count("b")
+    assert router._load(_replica("b", sent_b, received=sent_b)) == sent_b
+    # a report made before the last upload reached b still leaves that upload counted
+    assert router._load(_replica("b", sent_b - 1, received=sent_b - 1)) == sent_b
 
 
-def test_equal_loads_share_a_rank() -> None:
-    ranks = asyncio.run(_router().choose_replicas([_replica("a", 0, 1), _replica("b", 0, 1)]))
-    assert len(ranks) == 1 and {r.replica_id for r in ranks[0]} == {"a", "b"}
+def test_uploads_routed_at_the_same_time_spread() -> None:
+    """Serve routes concurrently: a second upload is chosen before the first is confirmed (the replica's accept is a
+    round trip away), so the choice itself counts."""
+    router = _router()
+    a, b = _replica("a", 0), _replica("b", 0)
+    reqs = [_submit() for _ in range(4)]
+    firsts = [asyncio.run(router.choose_replicas([a, b], r))[0][0].replica_id for r in reqs]
+    assert sorted(firsts) == ["a", "a", "b", "b"], firsts
+    # Serve sent the first elsewhere (its first choice refused it): the count moves with it
+    other = "b" if firsts[0] == "a" else "a"
+    router.on_request_routed(reqs[0], other, None)
+    assert router._load(a if other == "a" else b) == 3
+    for req, rid in zip(reqs[1:], firsts[1:], strict=True):
+        router.on_request_routed(req, rid, None)
+    assert router._load(a) + router._load(b) == 4
+
+
+def test_a_choice_never_confirmed_stops_counting() -> None:
+    clock = _Clock()
+    router = _router(clock)
+    a = _replica("a", 0)
+    asyncio.run(router.choose_replicas([a], _submit()))  # cancelled before Serve routed it
+    assert router._load(a) == 1
+    clock.t += UNCONFIRMED_TTL_S + 1
+    assert router._load(a) == 0
+    asyncio.run(router.choose_replicas([a]))
+    assert router._chosen == {}
+
+
+def test_equal_loads_come_in_random_order() -> None:
+    seen = {_ids_of(asyncio.run(_router().choose_replicas([_replica("a", 0), _replica("b", 0)])))[0] for _ in range(40)}
+    assert seen == {"a", "b"}
     assert asyncio.run(_router().choose_replicas([])) == []
 
 
