@@ -4,8 +4,8 @@ that turns an Authorization header into a principal (401s, caches, the 5 s revoc
 from __future__ import annotations
 
 import asyncio
-import itertools
 import datetime as dt
+import itertools
 
 import pytest
 
