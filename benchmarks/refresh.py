@@ -41,7 +41,7 @@ from benchmarks.retrieval import COLLECTION, SyntheticCorpus, _arrow_rows, _rss_
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
 from mmrag.store.search import SearchFilters, SearchIndex
-from mmrag.store.snapshot import load_snapshot
+from mmrag.store.snapshot_load import load_snapshot
 
 PER_DOC = 10  # items i..i+9 are the pages of document i // 10
 
@@ -62,7 +62,8 @@ def _first_load(db_dir: Path, src: str | None) -> dict[str, Any]:
         "print(json.dumps({'seconds': round(s, 2), 'items': len(ix), 'rss_before_mb': round(r0),"
         " 'rss_after_mb': round(_rss_mb()),"
         " 'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),"
-        " 'index_mb': round(sum(ix.memory_bytes().values()) / 2**20, 1)}))\n"
+        " 'index_mb': round(sum(ix.memory_bytes().values()) / 2**20, 1),"
+        " 'tokens_from': (getattr(ix._snap, 'loaded', None) or {}).get('tokens_from')}))\n"
     )
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -216,21 +217,28 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             f"{s['loaded']['mode']}: +{s['loaded'].get('added', '?')} -{s['loaded'].get('removed', '?')} of "
             f"{s['loaded']['rows']:,} |"
         )
-    lines += ["", "## First load of a new replica", "", "| code | seconds | peak RSS MB | RSS after MB | index MB |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "## First load of a new replica", "",
+              "| code | seconds | peak RSS MB | RSS after MB | index MB | tokens read from |",
+              "|---|---:|---:|---:|---:|---|"]  # fmt: skip
     before = f"before ({result.get('baseline') or 'baseline'})"
     for key, name in (("first_load_baseline", before), ("first_load", "this commit")):
         if key in r:
             f = r[key]
-            lines.append(f"| {name} | {f['seconds']} | {f['peak_rss_mb']} | {f['rss_after_mb']} | {f['index_mb']} |")
+            src = f.get("tokens_from") or {"multivectors": "all"}
+            how = ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in src.items())
+            lines.append(
+                f"| {name} | {f['seconds']} | {f['peak_rss_mb']} | {f['rss_after_mb']} | {f['index_mb']} | {how} |"
+            )
     lines += [
         "",
-        "A new replica reads every item's float32 multivector once (`multivector` column, ~4.4 GB at 100k items) to "
-        "quantise it: the int8 token stage scores ~1500 candidates per query, so every item's tokens must be in RAM "
-        "(fetching candidates' multivectors per query costs 0.2-0.5 ms a row, benchmarks/results/retrieval.md). With "
-        "`token_store: none` no multivector is read at load. The exact stage reads its ~20 rows by row id per query. "
-        "'Before' is the code of `--baseline-src` (per-item quantisation); 'this commit' quantises in cache-sized "
-        "blocks. Peak RSS includes LanceDB's read buffers.",
+        "The int8 token stage scores ~1500 candidates per query, so every item's tokens are in RAM (fetching "
+        "candidates' multivectors per query costs 0.2-0.5 ms a row, benchmarks/results/retrieval.md). Items are "
+        "written with an int8 copy of their tokens, quantised as the index holds them (`tokens_i8` + `token_scales`, "
+        "dim + 4 bytes a token, mmrag.store.tokens), so a new replica reads those instead of every float32 "
+        "multivector (4 x dim bytes a token, ~4.4 GB at 100k items) and quantises nothing; rows written before the "
+        "copies existed are read from their multivectors until `mmrag store optimize` gives them copies. The exact "
+        "stage reads its ~20 rows' multivectors by row id per query. 'Before' is the code of `--baseline-src` on the "
+        "same table (it reads the multivectors). Peak RSS includes LanceDB's read buffers.",
     ]
     path.write_text("\n".join(lines) + "\n")
 

@@ -170,7 +170,10 @@ def _arrow_rows(first: int, toks: np.ndarray, n_t: np.ndarray, dim: int) -> pa.T
         "visible": pa.array([True] * b),
     }
     arrays = [cols[f.name] if f.name in cols else pa.nulls(b, f.type) for f in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    from mmrag.store import tokens as token_copies
+
+    # with the int8 token copies ingestion writes (mmrag.store.LanceStore.add_items)
+    return token_copies.with_copies(pa.Table.from_arrays(arrays, schema=schema), dim)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -96,6 +96,7 @@ BatchRunner = Callable[[list[dict[str, Any]], MmragConfig], Iterable[pa.Table]]
 TextEmbedder = Callable[[pa.Table], pa.Table]
 #: the dense text columns a runner may leave out when they come after publishing
 _DEFERRED_TEXT = frozenset({"text_vectors", S.TEXT_VECTOR, "text_model_id"})
+_TOKEN_COPIES = frozenset({S.TOKENS_I8, S.TOKEN_SCALES})
 #: while another writer holds the store: called with its message, returns the seconds to wait before trying again
 LeaseWait = Callable[[str], float]
 #: items text-embedded per merge into the store when text vectors come after publishing
@@ -596,6 +597,8 @@ def _to_items_table(items: pa.Table, cfg: MmragConfig, dim: int, text_dim: int |
             arrays.append(cols[f.name])
         elif f.name not in items.column_names and f.name in _DEFERRED_TEXT:
             arrays.append(pa.nulls(n, f.type))  # text vectors come after publishing (fill_text_vectors)
+        elif f.name not in items.column_names and f.name in _TOKEN_COPIES:
+            arrays.append(pa.nulls(n, f.type))  # LanceStore.add_items quantises them from the multivectors
         else:
             arrays.append(items[f.name].cast(f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -127,10 +127,12 @@ def fill_rows(
     flat: np.ndarray,
     lens: np.ndarray,
     store: TokenStore,
+    flat_scales: np.ndarray | None = None,
 ) -> int:
     """Write many items' quantised tokens (``flat``: their multivectors end to end, ``lens`` each) in one vectorised
     pass; returns how many had to be fixed up (those go through :func:`fill` one by one). A new replica's load spent
-    half its time in per-item calls."""
+    half its time in per-item calls. With ``flat_scales``, ``flat`` is already int8 (the stored copies of
+    :mod:`mmrag.store.tokens`) and is copied as it is."""
     rows = np.asarray(rows, np.int64)
     want = tok_len[rows]
     ok = lens == want
@@ -139,8 +141,13 @@ def fill_rows(
         starts = offsets(lens)
         for j in np.flatnonzero(~ok).tolist():
             mv = flat[starts[j] : starts[j] + lens[j]]
+            if flat_scales is not None:
+                mv = mv.astype(np.float32) * flat_scales[starts[j] : starts[j] + lens[j], None]
             bad += fill(tokens, scales, int(tok_start[rows[j]]), int(want[j]), mv, store)
-        flat, rows, want = flat[ranges(starts[ok], lens[ok])], rows[ok], want[ok]
+        picked = ranges(starts[ok], lens[ok])
+        flat, rows, want = flat[picked], rows[ok], want[ok]
+        if flat_scales is not None:
+            flat_scales = flat_scales[picked]
     if not len(rows):
         return bad
     starts = tok_start[rows]
@@ -149,7 +156,7 @@ def fill_rows(
     s0 = int(starts[0])
     for b in range(0, len(flat), FILL_BLOCK):  # cache-sized blocks: whole batches ran 6x slower than per item
         e = min(len(flat), b + FILL_BLOCK)
-        q, sc = quantise(flat[b:e], store)
+        q, sc = quantise(flat[b:e], store) if flat_scales is None else (flat[b:e], flat_scales[b:e])
         at: slice | np.ndarray = slice(s0 + b, s0 + e) if dst is None else dst[b:e]
         tokens[at] = q
         if scales is not None:

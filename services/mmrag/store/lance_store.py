@@ -140,6 +140,10 @@ class LanceStore:
                     )
                 if missing:
                     self.table(S.ITEMS).add_columns(missing)
+            cols = set(self.table(S.ITEMS).schema.names)
+            missing_tokens = [f for f in S.TOKEN_FIELDS if f.name not in cols]
+            if missing_tokens:  # a store made before the int8 token copies: old rows get theirs from optimize
+                self.table(S.ITEMS).add_columns(missing_tokens)
         else:
             self._db.create_table(S.ITEMS, schema=S.items_schema(dim, text_dim), exist_ok=True)
         if S.DOCUMENTS not in names:
@@ -317,9 +321,16 @@ class LanceStore:
 
     def add_items(self, rows: pa.Table) -> None:
         """Append item rows (written invisible; :meth:`finish_documents` publishes them)."""
+        from mmrag.store import tokens
+
         if rows.num_rows:
             rows = rows.set_column(rows.schema.get_field_index("visible"), "visible", pa.array([False] * rows.num_rows))
-            self.table(S.ITEMS).add(rows)
+            tbl = self.table(S.ITEMS)
+            if tokens.has_copies(tbl.schema):
+                rows = tokens.with_copies(rows, tbl.schema.field("pooled").type.list_size)
+            else:  # a store not migrated yet (ensure_tables adds the columns)
+                rows = rows.drop_columns([c for c in (S.TOKENS_I8, S.TOKEN_SCALES) if c in rows.column_names])
+            tbl.add(rows)
 
     def items_without_text_vectors(
         self, collection: str | None = None, doc_ids: Sequence[str] | None = None
@@ -588,11 +599,20 @@ class LanceStore:
         (``store.read_consistency_s: null`` and never reopened) fails on its next read after an optimize removes
         that version; it must reopen the store.
 
-        Returns per table ``fragments``, ``versions`` and ``rows`` as [before, after] (or ``error``), and seconds."""
+        Items written before the int8 token copies existed get theirs first (:func:`mmrag.store.tokens.fill_copies`).
+
+        Returns per table ``fragments``, ``versions`` and ``rows`` as [before, after] (or ``error``), the token copies
+        filled, and seconds."""
         import contextlib
         import time
 
+        from mmrag.store import tokens
+
         t0 = time.perf_counter()
+        filled = 0
+        if self.has_items():  # rows written before the int8 token copies existed (see mmrag.store.tokens)
+            items = self.table(S.ITEMS)
+            filled = tokens.fill_copies(items, items.schema.field("pooled").type.list_size)
         names = sorted(self._names())
         start: dict[str, tuple[dict[str, int], float]] = {}  # shape, and when its current version was made
         for name in names:
@@ -626,7 +646,12 @@ class LanceStore:
             after = _shape(tbl)
             tables[name] = {k: [before[k], after[k]] for k in before}
         self._tables.clear()
-        return {"uri": self.uri, "tables": tables, "seconds": round(time.perf_counter() - t0, 3)}
+        return {
+            "uri": self.uri,
+            "tables": tables,
+            "token_copies_filled": filled,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
 
 
 #: A cleanup cutoff that removes nothing (a century).

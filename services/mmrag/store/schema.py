@@ -24,6 +24,8 @@ Three tables:
     ``multivector``           late-interaction embedding, one ``dim``-vector per token
     ``pooled``                mean of the multivector, L2-normalised: first-stage search
     ``n_tokens``              rows of ``multivector``
+    ``tokens_i8``             the multivector quantised as the search index holds it (int8 values end to end)
+    ``token_scales``          one scale per token for ``tokens_i8`` (:mod:`mmrag.store.tokens`)
     ``model_id`` / ``model_revision``  the encoder that made the vectors
     ``ingested_at``           UTC time the row was written
     ``visible``               false while its document is still being written (kill-safe ingest)
@@ -67,6 +69,12 @@ Modality = str  # "page" | "image" | "clip"
 MODALITIES = ("page", "image", "clip")
 
 
+#: the int8 copy of the token vectors a new search replica loads instead of the float32 multivectors
+TOKENS_I8 = "tokens_i8"
+TOKEN_SCALES = "token_scales"
+TOKEN_FIELDS = [pa.field(TOKENS_I8, pa.list_(pa.int8())), pa.field(TOKEN_SCALES, pa.list_(pa.float32()))]
+
+
 def text_fields(text_dim: int) -> list[pa.Field]:
     """The dense text channel's columns for a ``text_dim``-dimensional text model."""
     tvec = pa.list_(pa.float32(), text_dim)
@@ -105,6 +113,7 @@ def items_schema(dim: int, text_dim: int | None = None) -> pa.Schema:
             pa.field("multivector", pa.list_(vec)),
             pa.field("pooled", vec),
             pa.field("n_tokens", pa.int32()),
+            *TOKEN_FIELDS,
             pa.field("model_id", pa.string()),
             pa.field("model_revision", pa.string()),
             pa.field("ingested_at", pa.timestamp("us", tz="UTC")),

@@ -54,8 +54,9 @@ from mmrag.store.fusion import fuse
 from mmrag.store.hits import Hit
 from mmrag.store.kernels import Scorer
 from mmrag.store.search_config import SearchError, SearchIndexConfig
-from mmrag.store.snapshot import HIT_COLUMNS, Snapshot, array_snapshot, load_snapshot
+from mmrag.store.snapshot import HIT_COLUMNS, Snapshot
 from mmrag.store.snapshot import channels as _channels
+from mmrag.store.snapshot_load import array_snapshot, load_snapshot
 
 log = logging.getLogger(__name__)
 

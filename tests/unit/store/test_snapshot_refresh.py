@@ -1,6 +1,7 @@
 """Incremental refresh of the search index: the snapshot built from the old one plus the changed rows equals a full
 load (same items, same data per item, same hits in every mode) after appends, publishes, deletes, replacements and
-compaction, and a refresh in progress never shows a search a half-built snapshot."""
+compaction, and a refresh in progress never shows a search a half-built snapshot; a new replica loads the items' int8
+token copies (mmrag.store.tokens), and a store made before them works until optimize fills them in."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
-from mmrag.store.cascade import make_room
+from mmrag.store import tokens as T
+from mmrag.store.cascade import make_room, quantise
 from mmrag.store.search import SearchFilters, SearchIndex
-from mmrag.store.snapshot import Codes, Snapshot, load_snapshot
+from mmrag.store.search_config import SearchIndexConfig
+from mmrag.store.snapshot import Codes, Snapshot
+from mmrag.store.snapshot_load import load_snapshot
 
 pytestmark = pytest.mark.unit
 DIM, TDIM = 8, 4
@@ -389,3 +393,87 @@ def test_a_new_stores_first_publish_is_searchable_by_keywords(tmp_path) -> None:
     assert {(g["id"], g["visible"], g["text"], g["text_model_id"]) for g in got} == {
         (r["id"], True, r["text"], "t") for r in rows
     }
+
+
+# ------------------------------------------------------------------------------------------------ int8 token copies
+def test_written_items_carry_copies_and_a_new_replica_reads_only_them(tmp_path) -> None:
+    store = LanceStore(str(tmp_path / "db"))
+    store.ensure_tables(DIM, TDIM)
+    _write(store, _doc("/a.pdf", 7, seed=1))
+    _write(store, _doc("/b.pdf", 5, seed=2))
+    tbl = store.table(S.ITEMS)
+    rows = tbl.search().select(["multivector", S.TOKENS_I8, S.TOKEN_SCALES]).limit(None).to_arrow()
+    assert rows.column(S.TOKENS_I8).null_count == 0
+    for mv, tk, sc in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
+        q, s = quantise(np.asarray(mv, np.float32), "int8")
+        assert np.array_equal(np.asarray(tk, np.int8).reshape(-1, DIM), q) and np.array_equal(np.float32(sc), s)
+
+    ix = SearchIndex.from_store(store)
+    assert ix._snap is not None and ix._snap.loaded["tokens_from"] == {"int8_copies": 12}
+    # the same snapshot as one quantised from the multivectors (float16 store aside, the old load path)
+    mv_only = _load_from_multivectors(tbl)
+    assert _per_item(ix._snap) == _per_item(mv_only)
+
+
+def _load_from_multivectors(tbl) -> object:
+    """A full load that ignores the copies (the schema without them), for comparison."""
+    import unittest.mock as mock
+
+    with mock.patch.object(T, "has_copies", lambda schema: False):
+        snap = load_snapshot(tbl, tbl.version, None, SearchIndexConfig(), incremental=False)
+    assert snap.loaded["tokens_from"] == {"multivectors": snap.n}
+    return snap
+
+
+def _visual_hits(index: SearchIndex) -> list:
+    return [h for h in _hits(index) if h and h[0][0] == "visual"]
+
+
+def _old_schema() -> pa.Schema:
+    s = S.items_schema(DIM, TDIM)
+    return pa.schema([f for f in s if f.name not in (S.TOKENS_I8, S.TOKEN_SCALES)])
+
+
+def test_a_store_made_before_the_copies_works_and_optimize_fills_them(tmp_path) -> None:
+    """Old rows (no copies) are read from their multivectors, in full and incremental loads, next to new rows read
+    from their copies; searches are the same throughout; optimize gives the old rows copies."""
+    store = LanceStore(str(tmp_path / "db"))
+    db = store._db
+    db.create_table(S.ITEMS, schema=_old_schema())
+    store.ensure_tables(DIM, TDIM)  # the pre-copy store is migrated: null copies for what it holds
+    tbl = store.table(S.ITEMS)
+    old_rows = pa.Table.from_pylist(_doc("/old.pdf", 6, seed=3), schema=_old_schema())
+    tbl.add(old_rows.set_column(old_rows.schema.get_field_index("visible"), "visible", pa.array([True] * 6)))
+    store.refresh_text_index()
+
+    index = SearchIndex.from_store(store)
+    assert index._snap.loaded["tokens_from"] == {"multivectors": 6}
+    _write(store, _doc("/new.pdf", 4, seed=4))  # written now: with copies
+    index.refresh()
+    assert index._snap.loaded["mode"] == "incremental"
+    full = load_snapshot(store.table(S.ITEMS), index._snap.version, None, SearchIndexConfig(), incremental=False)
+    assert full.loaded["tokens_from"] == {"int8_copies": 4, "multivectors": 6}
+    assert _per_item(index._snap) == _per_item(full)
+    before = _hits(index)
+
+    # an old row appended without copies lands in an incremental refresh too (read from its multivector)
+    late = pa.Table.from_pylist(_doc("/late.pdf", 2, seed=5), schema=_old_schema())
+    store.table(S.ITEMS).add(late.set_column(late.schema.get_field_index("visible"), "visible", pa.array([True] * 2)))
+    index.refresh()
+    assert index._snap.loaded["mode"] == "incremental" and index._snap.n == 12
+    full = load_snapshot(store.table(S.ITEMS), index._snap.version, None, SearchIndexConfig(), incremental=False)
+    assert _per_item(index._snap) == _per_item(full)
+    searched = _visual_hits(index)
+    assert searched != [h for h in before if h and h[0][0] == "visual"]  # the late document is found
+
+    report = store.optimize(keep_versions_s=0)
+    assert report["token_copies_filled"] == 8
+    assert store.table(S.ITEMS).count_rows(f"{S.TOKENS_I8} IS NULL") == 0
+    fresh = SearchIndex.from_store(store)
+    assert fresh._snap.loaded["tokens_from"] == {"int8_copies": 12}
+    by_id = _per_item(fresh._snap)
+    assert {i: v[:-1] for i, v in by_id.items()} == {i: v[:-1] for i, v in _per_item(full).items()}  # row ids moved
+    index.refresh()  # the running replica takes the merged rows without re-reading tokens it holds
+    assert _visual_hits(index) == searched  # (BM25's scores move when optimize folds new rows into its index)
+    assert {i: v[:-1] for i, v in _per_item(index._snap).items()} == {i: v[:-1] for i, v in by_id.items()}
+    assert store.optimize(keep_versions_s=0)["token_copies_filled"] == 0
