@@ -378,6 +378,30 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
     assert left.num_rows == 0, left.to_pylist()
 
 
+def test_ingestion_replicas_run_niced(app) -> None:
+    """Every thread of an ingestion replica (its models' thread pools included) runs at ingestor.niceness, set once
+    its models are loaded: searches on shared cores keep the CPU, a replica's start is not starved."""
+    import os
+
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "#Ingestor#" in a["name"]
+    ]
+    assert names
+    for name in names:
+        actor = ray.get_actor(name, namespace="serve")
+        nice = ray.get(
+            actor.__ray_call__.remote(
+                lambda self: [os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")]
+            ),
+            timeout=60,
+        )
+        assert len(nice) > 4 and min(nice) >= 10, nice
+
+
 def test_collections_are_created_listed_and_deleted(app) -> None:
     """POST /v1/collections makes an empty collection that searches answer (no 404) and lists show; a key may
     create only collections it names; DELETE removes it with its documents."""

@@ -93,10 +93,6 @@ class Ingestor:
 
         self.cfg = MmragConfig.model_validate(config)
         self.icfg = self.cfg.ingestor
-        if self.icfg.niceness:
-            # the whole replica, before the models load: their thread pools (OpenMP, LanceDB's runtime) are started
-            # later by niced threads and inherit it; a niced job thread alone left its OpenMP pool at normal priority
-            _nice_process(self.icfg.niceness)
         self.store = LanceStore.from_config(self.cfg.store)
         self.book = JobBook(self.store)
         self.staging = Path(self.icfg.staging_dir or constants.mmrag_home() / "uploads")
@@ -113,6 +109,12 @@ class Ingestor:
         self._resume()
         if self.stages.text is not None:  # first: documents a stopped job published before their text vectors
             self._queue.put((_DELETE, next(self._seq), "fill", None))
+        if self.icfg.niceness:
+            # every thread of the replica once its models are loaded (the thread pools they started, OpenMP's and
+            # LanceDB's, included; threads started later inherit it): a niced job thread alone left its OpenMP pool
+            # at normal priority. Not before: a replica started under full search load (a redeploy) took 450 s to
+            # load its models at nice 10 (benchmarks/results/faults.md)
+            _nice_process(self.icfg.niceness)
         self.worker = threading.Thread(target=self._work, name="mmrag-ingestor", daemon=True)
         if start_worker:
             self.worker.start()
