@@ -238,7 +238,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("baseline", "baseline"),
         ("retriever_killed", "retriever replica SIGKILL"),
         ("gateway_killed", "gateway replica SIGKILL"),
-        ("redeploy", "redeploy (retriever changed)"),
+        ("redeploy", "redeploy (a retriever option)"),
     ):
         p = r.get(key)
         if not p:
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             "met": out["gateway_killed"]["window"]["failed"] <= out["gateway_killed"]["inflight_at_kill"],
         },
         {
-            "rule": "generator SIGKILL mid-stream: every cut stream ends with an SSE error event, none hangs",
+            "rule": "generator SIGKILL mid-stream: every cut stream ends with an SSE error event (or a JSON 503 "
+            "before it streamed), none hangs",
             "value": f"{g['cut_streams']} cut: {g['cut_endings']}",
             "met": cut_ok and "hung" not in g["endings"],
         },
