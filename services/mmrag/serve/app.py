@@ -19,6 +19,31 @@ from mmrag.config import MmragConfig, load_config
 
 #: Serve's max_ongoing_requests for the gateway when its admission gates are on (their largest limit).
 ADMISSION_CEILING = 4096
+#: The deployments' config sections, and their fields that only Serve reads (through ``serve_options``, here).
+DEPLOYMENT_SECTIONS = ("retriever", "reranker", "generator", "gateway", "ingestor")
+PLACEMENT_FIELDS = (
+    "num_replicas",
+    "autoscaling",
+    "num_cpus",
+    "num_gpus",
+    "memory_bytes",
+    "max_ongoing_requests",
+    "max_queued_requests",
+)
+
+
+def replica_config(cfg: MmragConfig) -> dict[str, Any]:
+    """The config tree every replica is bound with: ``cfg`` less the deployments' replica counts and resources.
+
+    Serve starts new replicas of a deployment whose bound arguments changed, so with those fields in the tree a
+    change of one deployment's replicas (a redeploy, a RayService update) restarted every deployment; without them
+    it is an options change of that deployment alone, which Serve applies by adding or removing replicas. No replica
+    reads them (their defaults apply inside the replicas)."""
+    tree = cfg.model_dump(mode="json")
+    for section in DEPLOYMENT_SECTIONS:
+        for name in PLACEMENT_FIELDS:
+            tree[section].pop(name, None)
+    return tree
 
 
 class AppArgs(BaseModel):
@@ -58,7 +83,7 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
         # Decided once, where the checkpoint was just prepared: the gateway then needs no access to it.
         g = cfg.models.generator.model_copy(update={"vision": is_vision_model(cfg)})
         cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"generator": g})})
-    tree = cfg.model_dump(mode="json")
+    tree = replica_config(cfg)
     retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
     reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)
     generator = None

@@ -1,0 +1,63 @@
+"""The application graph build_app binds: replicas get the config less the deployments' replica counts and
+resources, so that changing one deployment's replicas is a Serve options change of that deployment alone (Serve
+restarts every deployment whose bound arguments change)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from mmrag.config import MmragConfig, load_config
+from mmrag.serve.app import PLACEMENT_FIELDS, build_app_from_config, replica_config
+
+pytestmark = pytest.mark.unit
+BASE = {"generator": {"engine": "echo"}, "ingest": {"ocr": "never"}}
+
+
+def _graph(cfg: MmragConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Deployment name -> (its bound arguments as JSON, its Serve options)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def walk(app: Any) -> str:
+        d = app._bound_deployment
+        args = [walk(a) if hasattr(a, "_bound_deployment") else a for a in d.init_args]
+        kwargs = {k: walk(v) if hasattr(v, "_bound_deployment") else v for k, v in d.init_kwargs.items()}
+        c = d._deployment_config
+        opts = {"num_replicas": c.num_replicas, "max_ongoing_requests": c.max_ongoing_requests,
+                "actor": d.ray_actor_options}  # fmt: skip
+        out[d.name] = (json.dumps([args, kwargs], default=str, sort_keys=True), opts)
+        return f"<{d.name}>"
+
+    walk(build_app_from_config(cfg))
+    return out
+
+
+def test_a_replica_count_change_restarts_no_other_deployment(mmrag_home: str) -> None:
+    before = _graph(load_config("local-cpu", BASE))
+    after = _graph(load_config("local-cpu", {**BASE, "retriever": {"num_replicas": 3, "num_cpus": 0.3}}))
+    assert set(before) == {"Gateway", "Retriever", "Reranker", "Generator", "Ingestor"}
+    for name in before:
+        assert before[name][0] == after[name][0], f"{name}'s bound arguments changed: Serve would restart it"
+    assert after["Retriever"][1]["num_replicas"] == 3 and after["Retriever"][1]["actor"]["num_cpus"] == 0.3
+    assert all(before[n][1] == after[n][1] for n in before if n != "Retriever")
+
+
+def test_a_behaviour_change_still_reaches_the_replicas(mmrag_home: str) -> None:
+    before = _graph(load_config("local-cpu", BASE))
+    after = _graph(load_config("local-cpu", {**BASE, "retriever": {"refresh_interval_s": 0.75}}))
+    assert before["Retriever"][0] != after["Retriever"][0]
+    assert before["Generator"][0] == after["Generator"][0]  # the LLM's arguments do not hold the search options
+
+
+def test_the_replica_config_is_the_config_less_placement() -> None:
+    cfg = load_config("gpu", {})
+    tree = replica_config(cfg)
+    again = MmragConfig.model_validate(tree)
+    full = cfg.model_dump(mode="json")
+    for section in ("retriever", "reranker", "generator", "gateway", "ingestor"):
+        assert not set(PLACEMENT_FIELDS) & set(tree[section])
+        kept = {k: v for k, v in full[section].items() if k not in PLACEMENT_FIELDS}
+        assert {k: v for k, v in again.model_dump(mode="json")[section].items() if k in kept} == kept
+    assert again.models == cfg.models and again.store == cfg.store and again.server == cfg.server
