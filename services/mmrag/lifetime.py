@@ -50,12 +50,19 @@ _active: Guard | None = None
 
 # ----------------------------------------------------------------------------------------- finding and stopping
 def owned_pids(
-    run_id: str, session_dirs: Sequence[str] = (), *, exclude: Collection[int] = (), proc: str = "/proc"
+    run_id: str,
+    session_dirs: Sequence[str] = (),
+    *,
+    driver: int | None = None,
+    exclude: Collection[int] = (),
+    proc: str = "/proc",
 ) -> set[int]:
     """Live processes of this user that carry ``run_id`` in their environment or write into one of
-    ``session_dirs`` (zombies have neither: they count as gone)."""
+    ``session_dirs``, or into a Ray session that ``driver`` started (Ray names it ``session_<time>_<driver pid>``:
+    this covers a kill before ``ray.init`` returned and told us its directory). Zombies count as gone."""
     needle = f"{ENV_RUN_ID}={run_id}".encode()
     dirs = tuple(d.rstrip("/") + "/" for d in session_dirs)
+    suffix = f"_{driver}" if driver else None
     uid = os.getuid()
     found: set[int] = set()
     for name in os.listdir(proc):
@@ -69,13 +76,20 @@ def owned_pids(
                 env = f.read()
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        if needle in env.split(b"\0") or (dirs and _writes_under(base, dirs)):
+        if needle in env.split(b"\0") or ((dirs or suffix) and _writes_under(base, dirs, suffix)):
             found.add(int(name))
     return found
 
 
-def _writes_under(base: str, dirs: tuple[str, ...]) -> bool:
-    """Whether the process at ``base`` (a /proc entry) has a file under one of ``dirs`` open for writing."""
+def _in_session(target: str, dirs: tuple[str, ...], suffix: str | None) -> bool:
+    if target.startswith(dirs):
+        return True
+    return bool(suffix) and any(p.startswith("session_") and p.endswith(suffix) for p in target.split("/")[:-1])
+
+
+def _writes_under(base: str, dirs: tuple[str, ...], suffix: str | None = None) -> bool:
+    """Whether the process at ``base`` (a /proc entry) has a file open for writing under one of ``dirs`` or in a
+    directory named ``session_*<suffix>``."""
     try:
         fds = os.listdir(os.path.join(base, "fd"))
     except OSError:
@@ -83,7 +97,7 @@ def _writes_under(base: str, dirs: tuple[str, ...]) -> bool:
     for fd in fds:
         try:
             target = os.readlink(os.path.join(base, "fd", fd))
-            if not target.startswith(dirs):
+            if not _in_session(target, dirs, suffix):
                 continue
             with open(os.path.join(base, "fdinfo", fd)) as f:
                 flags = next((int(line.split()[1], 8) for line in f if line.startswith("flags:")), 0)
@@ -143,6 +157,7 @@ def sweep(
     run_id: str,
     session_dirs: Sequence[str] = (),
     *,
+    driver: int | None = None,
     exclude: Collection[int] = (),
     term_grace_s: float = TERM_GRACE_S,
     kill_wait_s: float = KILL_WAIT_S,
@@ -154,7 +169,7 @@ def sweep(
     stopped: list[int] = []
     exclude = {os.getpid(), *exclude}
     for round_ in range(3):
-        handles = [_Handle(pid) for pid in sorted(owned_pids(run_id, session_dirs, exclude=exclude))]
+        handles = [_Handle(pid) for pid in sorted(owned_pids(run_id, session_dirs, driver=driver, exclude=exclude))]
         if not handles:
             break
         try:
@@ -266,7 +281,12 @@ class Guard:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, signal.SIG_IGN)
             if LINUX:
-                sweep(self.run_id, self.session_dirs, exclude={p for p in (self._reaper_pid(),) if p})
+                sweep(
+                    self.run_id,
+                    self.session_dirs,
+                    driver=os.getpid(),
+                    exclude={p for p in (self._reaper_pid(),) if p},
+                )
             else:
                 self._tell_user(
                     f"note: on {sys.platform} mmrag cannot find processes left behind by a server that was killed; "
@@ -365,7 +385,7 @@ def reap(run_id: str, parent: int, stream: int = 0) -> int:
                 return 0
             if line.startswith(b"session "):
                 sessions.append(line[len(b"session ") :].decode())
-    stopped = sweep(run_id, sessions)
+    stopped = sweep(run_id, sessions, driver=parent)
     if stopped:
         with contextlib.suppress(OSError):
             print(

@@ -124,7 +124,7 @@ def _wait_nothing_left(tree: dict[int, str], run_id: str, session: str, port: in
     t0 = time.monotonic()
     while True:
         left = {pid: cmd for pid, cmd in tree.items() if _alive(pid)}
-        left |= {pid: "(found by run id / session)" for pid in owned_pids(run_id, [session]) if _alive(pid)}
+        left |= {pid: tree.get(pid, "(by run id or session)") for pid in owned_pids(run_id, [session]) if _alive(pid)}
         ports = [p for p in (port, *HAPROXY_PORTS) if _listening(p)]
         if not left and not ports:
             return time.monotonic() - t0

@@ -50,6 +50,13 @@ def test_owned_processes_carry_the_run_id_or_write_into_the_ray_session(tmp_path
     (proc / "self").mkdir()
     assert owned_pids("abc", [str(session)], exclude={104}, proc=str(proc)) == {100, 101}
     assert owned_pids("abc", proc=str(proc)) == {100, 104}
+    # killed before ray.init returned its directory: Ray names the session after its driver's pid
+    ray_dir = tmp_path / "ray" / "session_2026-12-04_20-11-52_653927_4321" / "logs"
+    ray_dir.mkdir(parents=True)
+    (ray_dir / "dashboard_agent.log").touch()
+    _fake_proc(proc, 106, {}, {7: (ray_dir / "dashboard_agent.log", wr)})
+    assert owned_pids("abc", driver=4321, proc=str(proc)) == {100, 104, 106}
+    assert owned_pids("abc", driver=321, proc=str(proc)) == {100, 104}
 
 
 def _spawn(code: str, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
