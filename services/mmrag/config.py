@@ -795,6 +795,16 @@ class ServerConfig(_Strict):
         "balancers stop sending to it first (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S). Every shutdown "
         "waits this long; local-cpu, with nothing in front of it, sets 1.",
     )
+    stop_timeout_s: float = Field(
+        default=8.0,
+        gt=0,
+        le=600,
+        description="`mmrag serve` and `mmrag demo` on Ctrl-C or SIGTERM: how long the app and the local Ray get to "
+        "shut down gracefully (Serve's shutdown, then Ray's). Then whatever is still running, and everything they "
+        "started (HAProxy, vLLM's engine), gets SIGTERM and, 2.5 s later, SIGKILL (mmrag.lifetime): the whole stop "
+        "takes at most this + 5 s (13 s by default). A server that is killed outright (SIGKILL) is cleaned up the "
+        "same way by its reaper process.",
+    )
 
     control_loop_interval_s: float = Field(
         default=0.1,

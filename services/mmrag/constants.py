@@ -26,7 +26,12 @@ ENV_TORCH_COMPAT = "MMRAG_TORCH_COMPAT"
 ENV_HAPROXY = ("MMRAG_HAPROXY_ADMIN_HOST", "MMRAG_HAPROXY_QUEUE_MS", "MMRAG_HAPROXY_ADMISSION")
 #: The API key ``mmrag ingest --url`` sends (a client setting, not a config-tree one).
 ENV_API_KEY = "MMRAG_API_KEY"
-RESERVED_ENV = frozenset({ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT, ENV_API_KEY, *ENV_HAPROXY})
+#: Set by ``mmrag serve`` and ``mmrag demo`` for everything they start (:mod:`mmrag.lifetime`): the mark by which
+#: their reaper finds those processes once they are orphans. Never set it yourself.
+ENV_RUN_ID = "MMRAG_RUN_ID"
+RESERVED_ENV = frozenset(
+    {ENV_HOME, ENV_PROFILE, ENV_LOG_LEVEL, ENV_TORCH_COMPAT, ENV_API_KEY, ENV_RUN_ID, *ENV_HAPROXY}
+)
 
 DEFAULT_PROFILE = "local-cpu"
 

@@ -165,8 +165,6 @@ def run_demo(
     )
     say("starting the app on a local Ray (retriever, reranker, vLLM generator, gateway) ...")
     t0 = time.perf_counter()
-    from ray import serve
-
     try:
         url = run_app(cfg)
         seconds["serve"] = time.perf_counter() - t0
@@ -178,8 +176,7 @@ def run_demo(
         if keep_serving is not None:
             keep_serving(url)
     finally:
-        import ray
+        from mmrag import lifetime
 
-        serve.shutdown()
-        ray.shutdown()
+        lifetime.shutdown()  # under `mmrag demo`'s guard: bounded, and nothing left running
     return DemoResult(url=url, question=question, answer=answer, ingest=summary.to_dict(), seconds=seconds)

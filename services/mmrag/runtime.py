@@ -38,3 +38,6 @@ def init_ray(server: ServerConfig | None = None) -> None:
         # the raylet is started with fork+exec, which is safe for LanceDB's runtime
         warnings.filterwarnings("ignore", message="lancedb fork support")
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    from mmrag import lifetime
+
+    lifetime.ray_started(local=not joining)  # under `mmrag serve`/`demo`: their guard learns Ray's session
