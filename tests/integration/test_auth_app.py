@@ -75,10 +75,16 @@ def tenants(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory
     )
     ingest([str(d / "coin.pdf")], cfg, collection="docs", calibrate=False)  # not what these tests are about
     ingest([str(d / "cup.mp4"), str(d / "b" / "coin.pdf")], cfg, collection="other", calibrate=False)
-    a, a_id = _key(db, "-c", "docs", "--name", "tenant a")
-    b, b_id = _key(db, "-c", "other", "--name", "tenant b")
-    limited, _ = _key(db, "-c", "docs", "--rate", "4", "--name", "four per second")
-    tokens, _ = _key(db, "-c", "docs", "--tokens-per-min", "10", "--name", "ten tokens a minute")
+    # made in-process (the CLI, `mmrag keys create`, is tested below): four CLI starts cost ~15 s of CI
+    from mmrag.auth.keys import KeyStore
+    from mmrag.store import LanceStore
+
+    keys = KeyStore(LanceStore(db))
+    a, a_rec = keys.create(["docs"], name="tenant a")
+    b, b_rec = keys.create(["other"], name="tenant b")
+    limited, _ = keys.create(["docs"], name="four per second", rate_per_s=4)
+    tokens, _ = keys.create(["docs"], name="ten tokens a minute", tokens_per_min=10)
+    a_id, b_id = a_rec.key_id, b_rec.key_id
     url = run_app(cfg)
     yield {
         "url": url,
@@ -199,7 +205,7 @@ def test_the_openai_client_with_a_key(tenants) -> None:
 
 def test_revoked_and_expired_keys_stop_within_5_s(tenants) -> None:
     t = tenants
-    key, key_id = _key(t["db"], "-c", "docs", "--name", "soon revoked")
+    key, key_id = _key(t["db"], "-c", "docs", "--name", "soon revoked", "--rate", "50", "--tokens-per-min", "9000")
     short, _ = _key(t["db"], "-c", "docs", "--expires", str(2 / 86400))  # two seconds
     assert _search(t, key, query="coin", collection="docs").status_code == 200
     out = _mmrag("keys", "revoke", key_id, "--db", t["db"])
@@ -219,7 +225,8 @@ def test_revoked_and_expired_keys_stop_within_5_s(tenants) -> None:
     r = _search(t, short, query="coin", collection="docs")
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
     listed = json.loads(_mmrag("keys", "list", "--db", t["db"], "--json").stdout)
-    assert {r["key_id"]: r["status"] for r in listed}[key_id] == "revoked"
+    mine = {r["key_id"]: r for r in listed}[key_id]
+    assert (mine["status"], mine["rate_per_s"], mine["tokens_per_min"]) == ("revoked", 50, 9000), mine
     assert all("hash" not in k for r in listed for k in r)
 
 

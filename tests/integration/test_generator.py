@@ -1,7 +1,7 @@
 """The generator deployment on a real local Ray: Ray Serve LLM's LLMServer running vLLM on CPU with local-cpu's
 generator, SmolLM2-135M-Instruct (real weights, text only), and the echo engine behind the same handle protocol
 with the tiny Qwen2-VL's config (images in the prompt), both called through ``generate``. The tiny Qwen2-VL itself
-answers image prompts through vLLM in test_vllm_tiny.py and through the whole app in test_rag_vllm.py.
+answers image prompts through vLLM in the whole app in test_rag_vllm.py (and the tiny Qwen2.5-VL in test_gpu_tiny.py).
 
 The vLLM deployment takes 1.5-3 minutes to become ready on a loaded 2-core machine; its ready time and the peak
 memory of its process tree (replica, engine core, worker) are printed (run with ``-s`` to see them).
