@@ -323,8 +323,8 @@ def item_regions(
 _WORD = re.compile(r"\w+", re.UNICODE)
 #: Words too common to be worth marking in a snippet.
 STOPWORDS = frozenset(
-    "a an and are as at be by does do for from how in is it of on or that the this to was what when where which who "
-    "why with".split()
+    {"a", "an", "and", "are", "as", "at", "be", "by", "does", "do", "for", "from", "how", "in", "is", "it", "of"}
+    | {"on", "or", "that", "the", "this", "to", "was", "what", "when", "where", "which", "who", "why", "with"}
 )
 
 
