@@ -42,6 +42,7 @@ from mmrag.serve.schemas import (
     SearchResult,
     error_json,
 )
+from mmrag.serve.web import WebRoutes
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Seconds the gateway's list of collections is used before it is refreshed (in the background).
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway(DocumentRoutes):
+class Gateway(DocumentRoutes, WebRoutes):
     def __init__(
         self,
         config: dict[str, Any],
