@@ -212,7 +212,7 @@ function card(item, n) {
   const ev = item.evidence;
   const badges = [el("span", { class: "badge", text: item.modality })];
   if (item.cited) badges.push(el("span", { class: "badge cited", text: "cited" }));
-  if (ev && ev.method === "maxsim" && ev.regions.length) badges.push(el("span", { class: "badge", text: ev.regions.length + " regions" }));
+  if (ev && ev.method === "maxsim" && ev.regions.length) badges.push(el("span", { class: "badge", text: ev.regions.length + (ev.regions.length === 1 ? " region" : " regions") }));
   const body = el(
     "div",
     { class: "body" },
@@ -250,11 +250,12 @@ function figure(url, regions, alt) {
 
 function regionList(regions) {
   if (!regions.length) return null;
+  const of = (r) => (r.frame === null || r.frame === undefined ? "the page's" : "the frame at " + fmtTime(r.t_s) + "'s");
   return el(
     "ol",
-    { class: "regions" },
+    { class: "regions", "aria-label": "evidence regions, best first" },
     ...regions.map((r) =>
-      el("li", { text: Math.round(r.score * 100) + "% of the page's match" + (r.terms.length ? " — query tokens: " + r.terms.join(" ") : "") }),
+      el("li", { text: Math.round(r.score * 100) + "% of " + of(r) + " match" + (r.terms.length ? " — query tokens: " + r.terms.join(" ") : "") }),
     ),
   );
 }
@@ -303,7 +304,8 @@ async function openViewer(item, n) {
   if (list) parts.push(list);
   if (info.text) parts.push(el("h3", { text: "Text" }), snippetNode(item.snippet || "", ev ? ev.highlights : []));
   if (state.query && item.modality !== "image") {
-    const href = info.evidence_url + "?query=" + encodeURIComponent(state.query);
+    const first = regions.find((r) => r.frame !== null && r.frame !== undefined);
+    const href = info.evidence_url + "?query=" + encodeURIComponent(state.query) + (first ? "&frame=" + first.frame : "");
     if (!state.key) parts.push(el("p", { class: "meta" }, el("a", { href, target: "_blank", rel: "noopener", text: "Server-rendered evidence image" })));
   }
   body.replaceChildren(...parts);
@@ -433,6 +435,7 @@ async function onAsk(ev) {
     }
   } catch (e) {
     setStatus("");
+    if (!$("answer").textContent) $("answer-box").hidden = true;
     showError(e);
   } finally {
     go.disabled = false;
