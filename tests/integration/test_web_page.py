@@ -225,3 +225,36 @@ def test_errors_are_said_plainly_instead_of_a_spinner(page) -> None:
         assert pg.locator("#go").is_enabled()  # nothing left spinning
         pg.unroute("**/v1/answer")
     assert pg.evaluate("document.activeElement.id") in ("key", "query", "go")
+
+
+def test_evidence_over_the_api_is_off_by_default_and_real_when_asked(site) -> None:
+    """The API the page uses: evidence only when asked, in search results and answer/chat citations; the item's
+    media routes (info, frames, the source video in ranges, the drawn evidence view)."""
+    body = {"query": "coin toss", "k": 4, "collection": "docs", "mode": "visual"}
+    plain = httpx.post(site + "/v1/search", json=body, timeout=60).json()
+    assert all(r["evidence"] is None for r in plain["results"]) and "evidence" not in plain["timings_ms"]
+    asked = httpx.post(site + "/v1/search", json={**body, "evidence": True}, timeout=60).json()
+    assert asked["timings_ms"]["evidence"] > 0
+    for r in asked["results"]:
+        ev = r["evidence"]
+        assert ev["method"] == "maxsim" and ev["regions"] and "random-weight" in ev["note"]
+        assert all(0 <= g["x0"] < g["x1"] <= 1 and 0 <= g["y0"] < g["y1"] <= 1 for g in ev["regions"])
+        assert all((g["frame"] is None) == (r["modality"] != "clip") for g in ev["regions"])
+    ans = httpx.post(site + "/v1/answer", json={**body, "evidence": True}, timeout=60).json()
+    assert ans["citations"] and all(c["evidence"]["regions"] for c in ans["citations"])
+    assert "evidence" in ans["timings"]
+    chat = httpx.post(site + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "coin toss"}], "mmrag": {"collection": "docs", "evidence": True},
+    }).json()  # fmt: skip
+    assert chat["citations"] and all(c["evidence"] is not None for c in chat["citations"])
+    # the item routes
+    clip = next(r for r in asked["results"] if r["modality"] == "clip")
+    info = httpx.get(site + clip["image_url"].removesuffix("/image"), timeout=30).json()
+    assert len(info["frame_ts"]) == len(info["frame_urls"]) >= 2 and info["video_url"]
+    assert httpx.get(site + info["frame_urls"][1], timeout=30).content[:2] == b"\xff\xd8"
+    part = httpx.get(site + info["video_url"], headers={"Range": "bytes=0-99"}, timeout=30)
+    assert part.status_code == 206 and len(part.content) == 100
+    view = httpx.get(site + info["evidence_url"], params={"query": "coin toss", "frame": 1}, timeout=60)
+    assert view.status_code == 200 and view.content[:2] == b"\xff\xd8"
+    assert httpx.get(site + info["evidence_url"], params={"query": " "}, timeout=30).status_code == 400
+    assert httpx.get(site + info["frame_urls"][0].replace("/0", "/99"), timeout=30).status_code == 404

@@ -367,6 +367,8 @@ class Gateway(DocumentRoutes, WebRoutes):
         ev_task = None
         if evidence:  # beside the generator: the first token does not wait for it
             ev_task = asyncio.ensure_future(self._evidence(search_for or query, qmv, hits[:n_used]))
+            # an answer that fails or is left mid-stream never awaits it: its error must not go unretrieved
+            ev_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return {
             "t0": t0,
             "evidence": ev_task,
@@ -514,6 +516,8 @@ class Gateway(DocumentRoutes, WebRoutes):
             finally:
                 if not done:
                     stream.cancel()
+                    if prep["evidence"] is not None:
+                        prep["evidence"].cancel()
                     if not failed:  # the client left mid-stream
                         self.metrics.request("answer", 499)
 
@@ -604,6 +608,8 @@ class Gateway(DocumentRoutes, WebRoutes):
             finally:
                 if not done:
                     stream.cancel()
+                    if prep["evidence"] is not None:
+                        prep["evidence"].cancel()
                     if not failed:  # the client left mid-stream
                         self.metrics.request("chat", 499)
             yield "data: [DONE]\n\n"
