@@ -168,6 +168,7 @@ def test_a_clip_shows_its_frames_with_times_and_plays_from_its_start(page) -> No
     pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
     pg.check("input[value=search]")
     pg.select_option("#mode", "visual")
+    pg.fill("#k", "20")  # every item of the small collection: the clip is among them
     pg.fill("#query", "a cup on a table")
     pg.click("#go")
     pg.wait_for_selector("#sources .card")
