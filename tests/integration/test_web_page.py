@@ -5,7 +5,7 @@ retriever, the echo engine behind Ray Serve LLM's LLMServer (instant, determinis
 and no ingestion service (so uploads meet the "not enabled" path); the sample PDF and video are ingested in this
 process with the warm stages (no Ray Data start-up). Timings are read from the page's own performance marks.
 
-``MMRAG_SCREENSHOTS=docs/screenshots`` also writes the main views there (how the README's pictures were made).
+``WEB_SCREENSHOTS=docs/screenshots`` also writes the main views there (how the README's pictures were made).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,7 @@ from mmrag.config import load_config
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SHOTS = os.environ.get("MMRAG_SCREENSHOTS")
+SHOTS = os.environ.get("WEB_SCREENSHOTS")
 
 
 def _free_port() -> int:
@@ -33,8 +34,8 @@ def _free_port() -> int:
 
 
 def chromium_path() -> str | None:
-    """Debian's chromium (``deploy/setup.sh test`` installs it), or ``MMRAG_TEST_CHROMIUM``."""
-    return os.environ.get("MMRAG_TEST_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    """Debian's chromium (``deploy/setup.sh test`` installs it), or ``CHROMIUM_PATH``."""
+    return os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +93,21 @@ def page(browser, site):
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    # (a video's range requests are aborted by the player itself, and when the page closes)
+    pg.on("requestfailed", lambda r: r.failure == "net::ERR_ABORTED" or errors.append(f"failed: {r.url} {r.failure}"))
     pg.goto(site + "/")
     yield pg
     ctx.close()
     assert not errors, errors  # no script error, nothing the page asked for failed (nothing fetched from elsewhere)
+
+
+def _until(pg, js: str, timeout_s: float = 15.0) -> None:
+    """Poll ``js`` in the page until it is truthy. (``wait_for_function`` evaluates strings with eval, which the
+    page's Content-Security-Policy rightly forbids; ``evaluate`` is not subject to it.)"""
+    deadline = time.monotonic() + timeout_s
+    while not pg.evaluate(js):
+        assert time.monotonic() < deadline, f"never true: {js}"
+        time.sleep(0.05)
 
 
 def _mark(pg, name: str) -> float:
@@ -111,7 +122,7 @@ def _shot(pg, name: str) -> None:
 
 def test_the_page_loads_offline_fast_and_lists_the_collections(page, site) -> None:
     pg = page
-    pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
+    pg.wait_for_selector("#collection option[value=docs]", state="attached")
     assert pg.locator("#collection").input_value() == "docs"  # the only one is chosen
     ready = _mark(pg, "mmrag:ready")
     fcp = pg.evaluate("(performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || null")
@@ -129,7 +140,7 @@ def test_the_page_loads_offline_fast_and_lists_the_collections(page, site) -> No
 
 def test_ask_streams_the_answer_with_citation_links_and_evidence(page) -> None:
     pg = page
-    pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
+    pg.wait_for_selector("#collection option[value=docs]", state="attached")
     # the echo engine repeats the question's first words, so a question that names [1] gets a cited answer
     pg.fill("#query", "coin [1] toss probability")
     pg.keyboard.press("Enter")  # the form is keyboard-usable
@@ -152,7 +163,7 @@ def test_ask_streams_the_answer_with_citation_links_and_evidence(page) -> None:
     page_card = pg.locator("#sources .card", has_text="page").first
     page_card.locator("button.thumb").click()
     pg.wait_for_selector("#viewer[open] .figure img")
-    pg.wait_for_function("document.querySelector('#viewer .figure img').naturalWidth > 0")
+    _until(pg, "document.querySelector('#viewer .figure img').naturalWidth > 0")
     assert pg.locator("#viewer .box").count() >= 1
     box = pg.locator("#viewer .box").first.bounding_box()
     img = pg.locator("#viewer .figure img").bounding_box()
@@ -165,7 +176,7 @@ def test_ask_streams_the_answer_with_citation_links_and_evidence(page) -> None:
 
 def test_a_clip_shows_its_frames_with_times_and_plays_from_its_start(page) -> None:
     pg = page
-    pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
+    pg.wait_for_selector("#collection option[value=docs]", state="attached")
     pg.check("input[value=search]")
     pg.select_option("#mode", "visual")
     pg.fill("#k", "20")  # every item of the small collection: the clip is among them
@@ -179,13 +190,13 @@ def test_a_clip_shows_its_frames_with_times_and_plays_from_its_start(page) -> No
     assert "at 0:0" in pg.inner_text("#viewer .frames figcaption >> nth=0")
     # the video was ingested from a file that is still there unchanged: the player starts at the clip's start
     pg.wait_for_selector("#viewer video")
-    pg.wait_for_function("document.querySelector('#viewer video').readyState >= 1", timeout=15000)
+    _until(pg, "document.querySelector('#viewer video').readyState >= 1")
     _shot(pg, "clip")
 
 
 def test_search_only_lists_results_with_highlighted_words(page) -> None:
     pg = page
-    pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
+    pg.wait_for_selector("#collection option[value=docs]", state="attached")
     pg.check("input[value=search]")
     assert pg.inner_text("#go") == "Search"
     pg.select_option("#mode", "text")
@@ -200,9 +211,17 @@ def test_search_only_lists_results_with_highlighted_words(page) -> None:
     _shot(pg, "phone")
 
 
+def _refuse(status: int, code: str):
+    def handler(route, request) -> None:
+        body = {"error": {"code": code, "message": "(test)", "field": None}}
+        route.fulfill(status=status, json=body, headers={"Retry-After": "3"})
+
+    return handler
+
+
 def test_errors_are_said_plainly_instead_of_a_spinner(page) -> None:
     pg = page
-    pg.wait_for_function("document.querySelector('#collection option[value=docs]')")
+    pg.wait_for_selector("#collection option[value=docs]", state="attached")
     # a real refusal from the server: this deployment does not ingest over the API
     pg.set_input_files("#files", files=[{"name": "a.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.4"}])
     pg.click("#upload button[type=submit]")
@@ -214,12 +233,7 @@ def test_errors_are_said_plainly_instead_of_a_spinner(page) -> None:
         (503, "overloaded", "busy"),
         (500, "internal", "server failed"),
     ]:
-        pg.route(
-            "**/v1/answer",
-            lambda route, s=status, c=code: route.fulfill(
-                status=s, json={"error": {"code": c, "message": "(test)", "field": None}}, headers={"Retry-After": "3"}
-            ),
-        )
+        pg.route("**/v1/answer", _refuse(status, code))
         pg.fill("#query", "anything")
         pg.click("#go")
         pg.wait_for_selector(f"#error:has-text('{expect}')")

@@ -165,20 +165,22 @@ def patch_heat(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Per-patch MaxSim contributions of ``query`` ([n_q, dim]) in ``doc`` ([n_t, dim]).
 
-    Each query token's best similarity over ALL of ``doc``'s tokens is its contribution to the score; the patches
-    within ``margin`` of that best (clipped at 0) share it. Returns (heat over the patches, the patch each query token
-    chose or -1 when its best token is not a patch, the share of the score's positive part that patches carry)."""
+    Each query token's best patch, and the patches within ``margin`` of it, get its similarity (clipped at 0; when
+    every such similarity is negative, as happens with random weights, each gets a count instead, so the page still
+    shows where the tokens landed). Returns (heat over the patches, each query token's best patch, the share of the
+    score's positive part whose best match is a patch at all rather than a prompt token)."""
     sims = query @ doc.T  # [n_q, n_t]
     best = sims.max(axis=1)
     arg = sims.argmax(axis=1)
     ps = sims[:, patches]
-    near = ps >= (best[:, None] - margin)
+    near = ps >= (ps.max(axis=1, keepdims=True) - margin)
     heat = np.where(near, np.maximum(ps, 0.0), 0.0).sum(axis=0)
+    if heat.sum() <= 0:
+        heat = near.sum(axis=0).astype(np.float32)
     in_patch = (arg >= patches.start) & (arg < patches.stop)
-    chosen = np.where(in_patch, arg - patches.start, -1)
     pos = np.maximum(best, 0.0)
     share = float(pos[in_patch].sum() / pos.sum()) if pos.sum() > 0 else 0.0
-    return heat.astype(np.float32), chosen, share
+    return heat.astype(np.float32), ps.argmax(axis=1), share
 
 
 def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
