@@ -31,6 +31,8 @@ MARGIN = 0.05
 THRESHOLD = 0.5
 #: Regions returned per page or frame, best first.
 MAX_REGIONS = 4
+#: At most this share of a page's patches (the hottest) form regions: a box over half the page says nothing.
+MAX_AREA = 0.15
 
 
 @dataclass(frozen=True)
@@ -207,12 +209,13 @@ def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
 
 
 def _overlap(a: list[int], b: list[int]) -> bool:
-    """Whether two inclusive cell boxes [r0, c0, r1, c1] overlap or touch."""
-    return a[0] <= b[2] + 1 and b[0] <= a[2] + 1 and a[1] <= b[3] + 1 and b[1] <= a[3] + 1
+    """Whether two inclusive cell boxes [r0, c0, r1, c1] share a cell."""
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def merge_boxes(boxes: list[list[int]]) -> list[list[int]]:
-    """Union boxes (inclusive cells [r0, c0, r1, c1]) that overlap or touch, until none do."""
+    """Union boxes (inclusive cells [r0, c0, r1, c1]) that overlap, until none do. (Parts that merely touch are
+    one 8-connected part already; merging boxes that touch would chain scattered parts into one page-sized box.)"""
     boxes = [list(b) for b in boxes]
     merged = True
     while merged:
@@ -237,12 +240,13 @@ def regions(
     terms: list[str] | None = None,
     threshold: float = THRESHOLD,
     max_regions: int = MAX_REGIONS,
+    max_area: float = MAX_AREA,
     visible: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
 ) -> list[dict[str, Any]]:
     """A few boxes from per-patch ``heat`` on a ``grid`` of (rows, cols), best first.
 
-    Patches at ``threshold`` of the hottest form 8-connected parts; their bounding boxes are merged where they
-    overlap or touch. Each box: ``x0, y0, x1, y1`` in normalised image coordinates (0..1, origin top left),
+    Patches at ``threshold`` of the hottest, and among the hottest ``max_area`` share of the grid, form 8-connected
+    parts; their bounding boxes are merged where they overlap. Each box: ``x0, y0, x1, y1`` in normalised image coordinates (0..1, origin top left),
     ``score`` (its share of the whole grid's heat) and ``terms`` (the query tokens whose best patch lies in it).
     ``visible`` is the original image's part of the encoded one (x0, y0, x1, y1), when it was padded."""
     rows, cols = grid
@@ -250,7 +254,8 @@ def regions(
     total = float(h.sum())
     if total <= 0:
         return []
-    mask = h >= threshold * float(h.max())
+    floor = float(np.quantile(h, 1.0 - max_area)) if max_area < 1 else 0.0
+    mask = (h >= threshold * float(h.max())) & (h >= floor)
     cells = []
     for part in _components(mask):
         rs, cs = [p[0] for p in part], [p[1] for p in part]

@@ -129,7 +129,8 @@ async function loadCollections() {
     sel.replaceChildren(el("option", { value: "", text: "(default)" }));
     for (const n of names) {
       const info = body.collections[n] || {};
-      const count = info.items !== undefined ? " (" + info.items + ")" : "";
+      const kinds = Object.entries(info.items || {}).map(([m, n]) => n + " " + m + (n === 1 ? "" : "s"));
+      const count = kinds.length ? " (" + kinds.join(", ") + ")" : " (empty)";
       sel.append(el("option", { value: n, text: n + count }));
     }
     if (names.includes(keep)) sel.value = keep;
