@@ -246,8 +246,8 @@ def regions(
     """A few boxes from per-patch ``heat`` on a ``grid`` of (rows, cols), best first.
 
     Patches at ``threshold`` of the hottest, and among the hottest ``max_area`` share of the grid, form 8-connected
-    parts; their bounding boxes are merged where they overlap. Each box: ``x0, y0, x1, y1`` in normalised image coordinates (0..1, origin top left),
-    ``score`` (its share of the whole grid's heat) and ``terms`` (the query tokens whose best patch lies in it).
+    parts; their bounding boxes are merged where they overlap. Each box: ``x0, y0, x1, y1`` in normalised image
+    coordinates (0..1, origin top left), ``score`` (its share of the whole grid's heat) and ``terms`` (the query tokens whose best patch lies in it).
     ``visible`` is the original image's part of the encoded one (x0, y0, x1, y1), when it was padded."""
     rows, cols = grid
     h = heat.reshape(rows, cols)
