@@ -247,8 +247,9 @@ def regions(
 
     Patches at ``threshold`` of the hottest, and among the hottest ``max_area`` share of the grid, form 8-connected
     parts; their bounding boxes are merged where they overlap. Each box: ``x0, y0, x1, y1`` in normalised image
-    coordinates (0..1, origin top left), ``score`` (its share of the whole grid's heat) and ``terms`` (the query tokens whose best patch lies in it).
-    ``visible`` is the original image's part of the encoded one (x0, y0, x1, y1), when it was padded."""
+    coordinates (0..1, origin top left), ``score`` (its share of the whole grid's heat) and ``terms`` (the query
+    tokens whose best patch lies in it). ``visible`` is the original image's part of the encoded one (x0, y0, x1,
+    y1), when it was padded."""
     rows, cols = grid
     h = heat.reshape(rows, cols)
     total = float(h.sum())
