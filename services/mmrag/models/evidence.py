@@ -248,8 +248,8 @@ def regions(
     Patches at ``threshold`` of the hottest, and among the hottest ``max_area`` share of the grid, form 8-connected
     parts; their bounding boxes are merged where they overlap. Each box: ``x0, y0, x1, y1`` in normalised image
     coordinates (0..1, origin top left), ``score`` (its share of the whole grid's heat) and ``terms`` (the query
-    tokens whose best patch lies in it). ``visible`` is the original image's part of the encoded one (x0, y0, x1,
-    y1), when it was padded."""
+    tokens whose best patch lies in it, in query order, as text: joined they read as the words). ``visible`` is the
+    original image's part of the encoded one (x0, y0, x1, y1), when it was padded."""
     rows, cols = grid
     h = heat.reshape(rows, cols)
     total = float(h.sum())
@@ -279,8 +279,8 @@ def regions(
         if chosen is not None and terms is not None:
             for t, p in enumerate(chosen.tolist()):
                 if p >= 0 and r0 <= p // cols <= r1 and c0 <= p % cols <= c1 and t < len(terms):
-                    w = terms[t].strip()
-                    if w and w not in words:
+                    w = terms[t]  # as the tokenizer wrote it (sub-word pieces keep their leading space)
+                    if w.strip() and w not in words:
                         words.append(w)
         box["terms"] = words
         out.append(box)

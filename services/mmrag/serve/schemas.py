@@ -128,7 +128,10 @@ class Region(BaseModel):
     x1: float = Field(description="Right edge.")
     y1: float = Field(description="Bottom edge.")
     score: float = Field(description="This region's share of the page's (frame's) per-patch MaxSim contributions.")
-    terms: list[str] = Field(default_factory=list, description="Query tokens whose best match lies in the region.")
+    terms: list[str] = Field(
+        default_factory=list,
+        description="Query tokens (as text, in query order: joined they read as words) whose best patch lies in it.",
+    )
     frame: int | None = Field(default=None, description="Clips: the frame (0-based, in time order); pages: null.")
     t_s: float | None = Field(default=None, description="Clips: the frame's time in the video, seconds.")
 

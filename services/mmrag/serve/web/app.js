@@ -56,7 +56,9 @@ function showError(err) {
   const box = $("error");
   box.textContent = typeof err === "string" ? err : explain(err);
   box.hidden = false;
+  // the message takes the focus (the Ask button was disabled under it); a missing key sends it to the key field
   if (err instanceof ApiError && err.status === 401) $("key").focus();
+  else box.focus();
 }
 
 function clearError() {
@@ -241,7 +243,7 @@ function figure(url, regions, alt) {
   const fig = el("div", { class: "figure" }, img);
   regions.forEach((r, i) => {
     const pct = (v) => (v * 100).toFixed(2) + "%";
-    const tip = "region " + (i + 1) + ": " + Math.round(r.score * 100) + "% of the match" + (r.terms.length ? " · " + r.terms.join(" ") : "");
+    const tip = "region " + (i + 1) + ": " + Math.round(r.score * 100) + "% of the match" + (r.terms.length ? " · " + r.terms.join("").trim() : "");
     const box = el("div", { class: "box", title: tip }, el("span", { text: String(i + 1) }));
     Object.assign(box.style, { left: pct(r.x0), top: pct(r.y0), width: pct(r.x1 - r.x0), height: pct(r.y1 - r.y0) });
     fig.append(box);
@@ -256,7 +258,7 @@ function regionList(regions) {
     "ol",
     { class: "regions", "aria-label": "evidence regions, best first" },
     ...regions.map((r) =>
-      el("li", { text: Math.round(r.score * 100) + "% of " + of(r) + " match" + (r.terms.length ? " — query tokens: " + r.terms.join(" ") : "") }),
+      el("li", { text: Math.round(r.score * 100) + "% of " + of(r) + " match" + (r.terms.length ? " — query tokens: " + r.terms.join("").trim() : "") }),
     ),
   );
 }
@@ -440,6 +442,7 @@ async function onAsk(ev) {
     showError(e);
   } finally {
     go.disabled = false;
+    if (document.activeElement === document.body) $("query").focus();
   }
 }
 
