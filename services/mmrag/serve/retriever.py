@@ -51,23 +51,37 @@ def _effective(a: _SearchArgs, can: set[str]) -> _SearchArgs:
 @serve.deployment(name=constants.RETRIEVER_DEPLOYMENT)
 class Retriever:
     def __init__(
-        self, config: dict[str, Any], *, encoder: Any = None, index: Any = None, text_encoder: Any = None
+        self,
+        config: dict[str, Any],
+        *,
+        encoder: Any = None,
+        index: Any = None,
+        text_encoder: Any = None,
+        store: Any = None,
     ) -> None:
         self.cfg = MmragConfig.model_validate(config)
         if encoder is None:
             from mmrag.models.encoder import ColPaliEncoder
 
             encoder = ColPaliEncoder.from_config(self.cfg.models, batch_size=self.cfg.retriever.batch_max_size)
-        if index is None:
+        if store is None:
             from mmrag.store import LanceStore
+
+            store = LanceStore.from_config(self.cfg.store)
+        if index is None:
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex.from_store(LanceStore.from_config(self.cfg.store), self.cfg.retriever.index_config())
+            index = SearchIndex.from_store(store, self.cfg.retriever.index_config())
         if text_encoder is None and self.cfg.models.text is not None:
             from mmrag.models.text_encoder import TextEncoder
 
             text_encoder = TextEncoder.from_config(self.cfg.models.text)
         self.encoder = encoder
+        from mmrag.config import TINY_PREFIX
+        from mmrag.serve.evidence import TINY_NOTE, EvidenceFinder
+
+        tiny = self.cfg.models.retriever.model.startswith(TINY_PREFIX)
+        self.evidence_finder = EvidenceFinder(encoder, store, note=TINY_NOTE if tiny else None)
         self.text_encoder = text_encoder
         self.index = index
         from mmrag.serve.refresh import IndexRefresher
@@ -112,6 +126,20 @@ class Retriever:
             raise out
         out["timings"] = {**out["timings"], "in_retriever_ms": (time.perf_counter() - t0) * 1e3}
         return out
+
+    async def evidence(
+        self, query: str, query_mv: np.ndarray | None, hits: list[dict[str, Any]]
+    ) -> tuple[dict[str, dict[str, Any]], float]:
+        """Evidence for ``hits`` (``{"id", "text"}``): regions where the query's tokens matched each page or clip frame,
+        and the query's words in each snippet (:class:`mmrag.serve.evidence.EvidenceFinder`), with the milliseconds it
+        took. ``query_mv`` is the search's query multivector; None encodes the query here."""
+        import asyncio
+
+        t0 = time.perf_counter()
+        if query_mv is None:
+            query_mv = await self._encode(query)
+        got = await asyncio.to_thread(self.evidence_finder.find, query, query_mv, hits)
+        return got, (time.perf_counter() - t0) * 1e3
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def _search_batch(self, batch: list[_SearchArgs]) -> list[dict[str, Any] | Exception]:

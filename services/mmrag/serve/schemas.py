@@ -100,6 +100,12 @@ class SearchRequest(_Req):
         "retriever.fusion_weights, else the collection's calibration.",
     )
     fusion: FusionMethod | None = Field(default=None, description="Hybrid fusion method: rrf or score.")
+    evidence: bool = Field(
+        default=False,
+        description="Also return each result's evidence: regions of the page or clip frames where the query's tokens "
+        "matched (boxes in normalised coordinates from the late-interaction model's per-patch MaxSim contributions) "
+        "and the query's words in the snippet. Off by default: it costs a store read and some maths per result.",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -112,6 +118,39 @@ class SearchRequest(_Req):
     @classmethod
     def _query(cls, v: str) -> str:
         return no_controls(v)
+
+
+class Region(BaseModel):
+    """A part of a page or clip frame where the query matched, in normalised coordinates (0..1, origin top left)."""
+
+    x0: float = Field(description="Left edge.")
+    y0: float = Field(description="Top edge.")
+    x1: float = Field(description="Right edge.")
+    y1: float = Field(description="Bottom edge.")
+    score: float = Field(description="This region's share of the page's (frame's) per-patch MaxSim contributions.")
+    terms: list[str] = Field(
+        default_factory=list,
+        description="Query tokens (as text, in query order: joined they read as words) whose best patch lies in it.",
+    )
+    frame: int | None = Field(default=None, description="Clips: the frame (0-based, in time order); pages: null.")
+    t_s: float | None = Field(default=None, description="Clips: the frame's time in the video, seconds.")
+
+
+class Evidence(BaseModel):
+    """Why an item matched (asked for with ``evidence: true``)."""
+
+    method: Literal["maxsim", "text"] = Field(
+        description="maxsim: regions from the visual model's token matches; text: only the snippet's words."
+    )
+    regions: list[Region] = Field(default_factory=list, description="Best first, at most a few per page or frame.")
+    grid: list[int] | None = Field(default=None, description="[rows, cols] of the image's patch tokens.")
+    patch_share: float | None = Field(
+        default=None, description="Share of the score's positive part that image patches carry (not prompt tokens)."
+    )
+    highlights: list[list[int]] = Field(
+        default_factory=list, description="[start, end) character spans of the snippet holding a query word."
+    )
+    note: str | None = Field(default=None, description="A caveat, e.g. that the visual model is a random stand-in.")
 
 
 class SearchResult(BaseModel):
@@ -128,6 +167,7 @@ class SearchResult(BaseModel):
     image_url: str = Field(description="GET this for the page image / image / clip keyframe (JPEG).")
     thumbnail_url: str = Field(description="GET this for a small PNG thumbnail.")
     scores: dict[str, float] = Field(default_factory=dict, description="Per-stage scores (debugging).")
+    evidence: Evidence | None = Field(default=None, description="With evidence: true, why it matched.")
 
 
 class SearchResponse(BaseModel):
@@ -170,6 +210,12 @@ class AnswerRequest(_Req):
         "retriever.fusion_weights, else the collection's calibration.",
     )
     fusion: FusionMethod | None = Field(default=None, description="Hybrid fusion method: rrf or score.")
+    evidence: bool = Field(
+        default=False,
+        description="Also return each citation's evidence: regions of the page or clip frames where the query's tokens "
+        "matched (boxes in normalised coordinates from the late-interaction model's per-patch MaxSim contributions) "
+        "and the query's words in the snippet. Off by default: it costs a store read and some maths per citation.",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -209,6 +255,32 @@ class Citation(BaseModel):
     snippet: str = Field(default="", description="The start of the item's text.")
     image_url: str = Field(description="GET this for the page image / image / clip keyframe (JPEG).")
     thumbnail_url: str = Field(description="GET this for a small PNG thumbnail.")
+    evidence: Evidence | None = Field(default=None, description="With evidence: true, why it matched.")
+
+
+class ItemInfo(BaseModel):
+    """GET /v1/items/{id}: one page, image or clip, and where its media are."""
+
+    id: str = Field(description="Item id.")
+    collection: str = Field(description="Its collection.")
+    modality: ModalityName = Field(description="page, image or clip.")
+    source: str = Field(description="Source document URI as ingested.")
+    page: int | None = Field(default=None, description="1-based page number for pages.")
+    start_s: float | None = Field(default=None, description="Clip start, seconds.")
+    end_s: float | None = Field(default=None, description="Clip end, seconds.")
+    width: int | None = Field(default=None, description="Pixels of the rendered page / image / frames.")
+    height: int | None = Field(default=None, description="Pixels of the rendered page / image / frames.")
+    text: str = Field(default="", description="The item's text (text layer or OCR), at most 2,000 characters.")
+    frame_ts: list[float] = Field(default_factory=list, description="Clips: the sampled frames' times, seconds.")
+    image_url: str = Field(description="The page image / image / clip keyframe (JPEG).")
+    thumbnail_url: str = Field(description="A small PNG thumbnail.")
+    frame_urls: list[str] = Field(default_factory=list, description="Clips: each sampled frame (JPEG).")
+    video_url: str | None = Field(
+        default=None,
+        description="Clips: the source video (Range requests), only while the file it was ingested from is still "
+        "there unchanged; uploaded videos are not kept, so null for them.",
+    )
+    evidence_url: str = Field(description="GET with ?query=...&frame=n: the image with the matching regions drawn.")
 
 
 class Usage(BaseModel):
@@ -242,6 +314,7 @@ class ChatOptions(_Req):
     mode: SearchMode | None = Field(default=None, description="Search mode.")
     filters: SearchFiltersIn | None = Field(default=None, description="Typed filters.")
     rerank: bool | None = Field(default=None, description="Use the reranker (null: as calibrated).")
+    evidence: bool = Field(default=False, description="Evidence regions and highlights on the citations.")
 
 
 class StreamOptions(BaseModel):
