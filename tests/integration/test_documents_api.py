@@ -237,6 +237,7 @@ def test_concurrent_uploads_to_one_collection(app, tmp_path) -> None:
         return bytes(doc.tobytes())
 
     uploads = [(f"note{i}.pdf", pdf(f"zebra{i} giraffe{i} walrus{i}")) for i in range(3)]
+    time.sleep(2.0)  # fresh routing stats (every 0.5 s here) after the jobs of the tests before
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         responses = list(pool.map(lambda f: _upload(app, app["writer"], "more", [f]), uploads))
     assert all(r.status_code == 202 for r in responses)
@@ -379,8 +380,9 @@ def test_a_job_killed_mid_way_runs_again_and_publishes_whole_documents(app) -> N
 
 
 def test_ingestion_replicas_run_niced(app) -> None:
-    """Every thread of an ingestion replica (its models' thread pools included) runs at ingestor.niceness, set once
-    its models are loaded: searches on shared cores keep the CPU, a replica's start is not starved."""
+    """An ingestion replica's job thread and its models' thread pools run at ingestor.niceness (set once its models
+    are loaded: searches on shared cores keep the CPU, a replica's start is not starved); Ray's own threads (the
+    actor's event loop: uploads, job status, Serve's probes and routing stats) keep normal priority."""
     import os
 
     import ray
@@ -399,7 +401,7 @@ def test_ingestion_replicas_run_niced(app) -> None:
             ),
             timeout=60,
         )
-        assert len(nice) > 4 and min(nice) >= 10, nice
+        assert sum(n >= 10 for n in nice) >= 2 and min(nice) < 10, nice
 
 
 def test_collections_are_created_listed_and_deleted(app) -> None:

@@ -35,6 +35,7 @@ from mmrag.serve.schemas import (
     AnswerRequest,
     AnswerResponse,
     ChatRequest,
+    Citation,
     ErrorResponse,
     ItemInfo,
     SearchRequest,
@@ -417,6 +418,8 @@ class Gateway(DocumentRoutes, WebRoutes):
         if prep.get("evidence") is not None:
             for c in cites:
                 c["evidence"] = ev.get(c["id"])
+        # one shape for every path (JSON answer, SSE, chat): the response model's, evidence null when not asked
+        cites = [Citation.model_validate(c).model_dump(mode="json") for c in cites]
         if usage and usage.completion_tokens:
             self.quotas.charge(context.current(), usage.completion_tokens)
         self.metrics.stages(endpoint, timings)

@@ -91,6 +91,7 @@ class Ingestor:
         from mmrag.store import LanceStore
         from mmrag.store.jobs import JobBook
 
+        ray_threads = _thread_ids()  # Ray's own (the actor's event loop, gRPC): they keep normal priority
         self.cfg = MmragConfig.model_validate(config)
         self.icfg = self.cfg.ingestor
         self.store = LanceStore.from_config(self.cfg.store)
@@ -110,11 +111,12 @@ class Ingestor:
         if self.stages.text is not None:  # first: documents a stopped job published before their text vectors
             self._queue.put((_DELETE, next(self._seq), "fill", None))
         if self.icfg.niceness:
-            # every thread of the replica once its models are loaded (the thread pools they started, OpenMP's and
-            # LanceDB's, included; threads started later inherit it): a niced job thread alone left its OpenMP pool
-            # at normal priority. Not before: a replica started under full search load (a redeploy) took 450 s to
-            # load its models at nice 10 (benchmarks/results/faults.md)
-            _nice_process(self.icfg.niceness)
+            # the threads the models and the store started (OpenMP's and LanceDB's pools), once loaded; the job
+            # thread lowers itself (_work) and what it starts inherits it. A niced job thread alone left its OpenMP
+            # pool at normal priority; niced before loading, a replica started under full search load (a redeploy)
+            # took 450 s (benchmarks/results/faults.md); with Ray's own threads niced too, Serve's queue-length
+            # probes and routing stats missed their deadlines while a job ran, and uploads piled on the other replica
+            _nice_process(self.icfg.niceness, skip=ray_threads)
         self.worker = threading.Thread(target=self._work, name="mmrag-ingestor", daemon=True)
         if start_worker:
             self.worker.start()
@@ -275,6 +277,8 @@ class Ingestor:
             self.book.save(job)
 
     def _work(self) -> None:
+        if self.icfg.niceness:
+            _nice_process(self.icfg.niceness, only=threading.get_native_id())
         while True:
             _, _, kind, payload = self._queue.get()
             try:
@@ -456,13 +460,18 @@ class Ingestor:
         return {"collection": collection, "documents": len(docs), "items": items}
 
 
-def _nice_process(niceness: int) -> None:
-    """Lower every thread of this process to ``niceness`` (Linux nices threads one by one; threads started later
-    inherit their creator's). Never raises: on another OS, or without permission, the replica keeps its priority."""
+def _thread_ids() -> set[int]:
     try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        return {int(t) for t in os.listdir("/proc/self/task")}
     except OSError:
-        tids = [threading.get_native_id()]
+        return set()
+
+
+def _nice_process(niceness: int, *, skip: set[int] = frozenset(), only: int | None = None) -> None:  # type: ignore[assignment]
+    """Lower this process's threads (all but ``skip``, or ``only`` one) to ``niceness`` (Linux nices threads one by
+    one; threads started later inherit their creator's). Never raises: on another OS, or without permission, the
+    replica keeps its priority."""
+    tids = [only] if only is not None else sorted(_thread_ids() - skip) or [threading.get_native_id()]
     for tid in tids:
         try:
             if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
