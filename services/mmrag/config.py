@@ -310,6 +310,13 @@ class StageResources(_Strict):
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per actor (embedding on GPU).")
     concurrency: int = Field(default=1, ge=1, description="Number of actors (or max parallel tasks).")
     batch_size: int = Field(default=4, ge=1, description="Rows per batch handed to the stage.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch intra-op threads of the stage's model. None: what Ray gives an actor of num_cpus "
+        "(OMP_NUM_THREADS, at least 1). More than num_cpus lets the stage that bounds the pipeline use cores the "
+        "other stages leave idle (local-cpu: the MiniLM text stage, while the tiny visual model waits on it).",
+    )
 
 
 class IngestConfig(_Strict):

@@ -479,6 +479,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
             "models_cfg": cfg.models.model_dump(),
             "token_pooling_factor": cfg.ingest.token_pooling_factor,
             "batch_size": cfg.ingest.embed.batch_size,
+            "threads": cfg.ingest.embed.threads,
         },
         batch_size=cfg.ingest.embed.batch_size,
         batch_format="pyarrow",
@@ -489,7 +490,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
     if cfg.models.text is not None:
         ds = ds.map_batches(
             TextEmbedStage,
-            fn_constructor_kwargs={"text_cfg": cfg.models.text.model_dump()},
+            fn_constructor_kwargs={"text_cfg": cfg.models.text.model_dump(), "threads": cfg.ingest.text_embed.threads},
             batch_size=cfg.ingest.text_embed.batch_size,
             batch_format="pyarrow",
             num_cpus=cfg.ingest.text_embed.num_cpus,

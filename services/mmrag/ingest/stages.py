@@ -195,6 +195,15 @@ def _timed_table(rows: list[dict[str, Any]], busy_s: float) -> pa.Table:
     return _rows_table(rows)
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Give this process's torch ``threads`` intra-op threads (None: leave Ray's OMP_NUM_THREADS-derived default)."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 class EmbedStage:
     """Embed items with the ColPali-family encoder; a clip's multivector is built from its frames.
 
@@ -206,9 +215,13 @@ class EmbedStage:
     time spread over the batch's items.
     """
 
-    def __init__(self, models_cfg: dict[str, Any], token_pooling_factor: int = 1, batch_size: int = 4) -> None:
+    def __init__(
+        self, models_cfg: dict[str, Any], token_pooling_factor: int = 1, batch_size: int = 4, threads: int | None = None
+    ) -> None:
         from mmrag.config import ModelsConfig
         from mmrag.models.encoder import ColPaliEncoder
+
+        set_torch_threads(threads)
 
         self.encoder = ColPaliEncoder.from_config(ModelsConfig.model_validate(models_cfg), batch_size=batch_size)
         self.pool_factor = token_pooling_factor
@@ -287,9 +300,11 @@ class TextEmbedStage:
     documents: the text channel is an extra, the item is still searchable.
     """
 
-    def __init__(self, text_cfg: dict[str, Any]) -> None:
+    def __init__(self, text_cfg: dict[str, Any], threads: int | None = None) -> None:
         from mmrag.config import TextModelConfig
         from mmrag.models.text_encoder import TextEncoder
+
+        set_torch_threads(threads)
 
         self.cfg = TextModelConfig.model_validate(text_cfg)
         self.encoder = TextEncoder.from_config(self.cfg)

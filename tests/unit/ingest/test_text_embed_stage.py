@@ -28,3 +28,18 @@ def test_stage_adds_window_vectors_mean_and_model() -> None:
     assert wins[2] is None and wins[3] is None
     assert out.column("text_vector")[0].is_valid and not out.column("text_vector")[2].is_valid
     assert out.column("text_model_id").to_pylist()[:3] == [stage.cfg.model, stage.cfg.model, None]
+
+
+def test_stage_threads_set_the_model_intra_op_threads() -> None:
+    """local-cpu gives the text stage both cores' worth of torch threads while it reserves a quarter CPU (it bounds a
+    text-heavy ingest); None leaves the process's threads as Ray set them."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        TextEmbedStage(TextModelConfig(device="cpu").model_dump(), threads=None)
+        assert torch.get_num_threads() == before
+        TextEmbedStage(TextModelConfig(device="cpu").model_dump(), threads=3)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
