@@ -176,3 +176,110 @@ def test_refresh_keeps_each_shard_to_its_own_items(store: LanceStore, indexes) -
     for ix in (one, *shards):
         ix.refresh()
     assert not (set(shards[0]._snap.ids) | set(shards[1]._snap.ids)) & new
+
+
+class _Encoder:
+    """Query vectors from the query's words (a stand-in for the tiny encoders: the real ones run in
+    tests/integration/test_serve_app.py); counts its calls."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim, self.calls = dim, 0
+
+    def embed_queries(self, queries: list[str]) -> list[np.ndarray]:
+        self.calls += len(queries)
+        out = []
+        for q in queries:
+            rng = np.random.default_rng(sum(ord(ch) for ch in q))
+            v = _unit(rng.normal(size=(3, self.dim)))
+            out.append(v if self.dim == DIM else v[0])
+        return out
+
+
+class _Handle:
+    """An in-process stand-in for a shard's deployment handle (``h.method.remote(...)``). Ray's @serve.batch keeps one
+    queue per decorated method in a process (a replica is a process), so two replicas in one process would share it:
+    this calls what the batch runs (``_run_batch``) and the encoder directly."""
+
+    def __init__(self, replica) -> None:
+        self.replica = replica
+        self.search = self._remote(self._search)
+        self.encode_query = self._remote(self._encode_query)
+
+    @staticmethod
+    def _remote(fn):
+        class _M:
+            remote = staticmethod(fn)
+
+        return _M
+
+    async def _search(self, query, *, k, collection, mode, filters=None, weights=None, fusion=None, **vectors):
+        from mmrag.serve.retriever import _SearchArgs
+
+        args = _SearchArgs(query, k, collection, mode, filters, weights, fusion, **vectors)
+        got = self.replica._run_batch([args])[0]
+        if isinstance(got, Exception):
+            raise got
+        return {**got, "timings": {**got["timings"], "in_retriever_ms": 0.0}}
+
+    async def _encode_query(self, query, *, visual, dense):
+        r = self.replica
+        return (r.encoder.embed_queries([query])[0] if visual else None), (
+            r.text_encoder.embed_queries([query])[0] if dense else None
+        )
+
+
+def test_gateway_fan_out_over_retriever_shards_equals_one_retriever(
+    store: LanceStore, indexes, mmrag_home, monkeypatch
+) -> None:
+    """The retriever deployment's code (partial searches, vectors sent in) behind the gateway's fan-out
+    (mmrag.serve.shards) answers as one retriever does, encoding each query once for all shards."""
+    import asyncio
+
+    from ray.serve import batching
+
+    # @serve.batch outside a replica (the one retriever): only its check of max_ongoing_requests needs Serve's context
+    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda s: None)
+    from mmrag.config import load_config
+    from mmrag.serve.retries import Retries
+    from mmrag.serve.retriever import Retriever
+    from mmrag.serve.shards import ShardedRetriever
+
+    one_ix, shard_ix = indexes
+    cfg = load_config("local-cpu", {"retriever": {"shards": 2}}).model_dump(mode="json")
+
+    def replica(ix: SearchIndex, enc: _Encoder, tenc: _Encoder, shard: int | None):
+        return Retriever.func_or_class(cfg, shard=shard, encoder=enc, index=ix, text_encoder=tenc, store=store)
+
+    encs = [(_Encoder(DIM), _Encoder(TDIM)) for _ in range(3)]
+    one = replica(one_ix, *encs[0], None)
+    shards = [replica(ix, *encs[1 + i], i) for i, ix in enumerate(shard_ix)]
+    fan = ShardedRetriever(
+        [_Handle(s) for s in shards], Retries(5.0), default_mode="hybrid", default_weights={"bm25": 1.0}
+    )
+    cases = [
+        ("visual", None, None),
+        ("text", None, None),
+        ("dense", None, None),
+        ("hybrid", {"bm25": 0.5, "dense": 0.3, "visual": 0.2}, "rrf"),
+        ("hybrid", {"dense": 0.6, "bm25": 0.4}, "score"),
+    ]
+
+    async def run() -> None:
+        for mode, w, fusion in cases:
+            for coll in ("a", "b"):
+                kw = {"k": 6, "collection": coll, "mode": mode, "weights": w, "fusion": fusion}
+                want = await one.search("gamma delta", **kw)
+                calls = sum(e.calls + t.calls for e, t in encs[1:])
+                got = await fan.search("gamma delta", **kw, rrf_k=60)
+                assert [h["id"] for h in got["hits"]] == [h["id"] for h in want["hits"]], (mode, coll)
+                assert [h["score"] for h in got["hits"]] == pytest.approx([h["score"] for h in want["hits"]], rel=1e-6)
+                assert len(got["hits"]) == 6 and got["timings"]["shards"] == 2
+                visual = mode == "visual" or (w or {}).get("visual", 0) > 0
+                dense = mode == "dense" or (w or {}).get("dense", 0) > 0
+                assert sum(e.calls + t.calls for e, t in encs[1:]) - calls == visual + dense  # once, not per shard
+
+    try:
+        asyncio.run(run())
+    finally:
+        for r in (one, *shards):
+            r.refresher.stop()
