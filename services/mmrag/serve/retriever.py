@@ -236,7 +236,8 @@ class Retriever:
             if isinstance(got, Exception):
                 out.append(got)
                 continue
-            res: dict[str, Any] = {"query_mv": qmvs.get(i), "mode": a.mode, "timings": timings}
+            # a shard's part need not send back the vectors the gateway sent it
+            res: dict[str, Any] = {"query_mv": None if a.partial else qmvs.get(i), "mode": a.mode, "timings": timings}
             if isinstance(got, dict):  # a shard's part of a hybrid search
                 res["rankings"] = {c: [h.to_dict() for h in hits] for c, hits in got.items()}
                 res["depths"] = self.index.channel_depths(a.k)
