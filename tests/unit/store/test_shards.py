@@ -196,9 +196,10 @@ class _Encoder:
 
 
 class _Handle:
-    """An in-process stand-in for a shard's deployment handle (``h.method.remote(...)``). Ray's @serve.batch keeps one
-    queue per decorated method in a process (a replica is a process), so two replicas in one process would share it:
-    this calls what the batch runs (``_run_batch``) and the encoder directly."""
+    """An in-process stand-in for a retriever's deployment handle (``h.method.remote(...)``): it calls what the
+    replica's @serve.batch runs (``_run_batch``) and the encoders directly. Ray keeps one batch queue per decorated
+    method in a process (a replica is a process), so replicas in one process would share it, and a queue made
+    outside Serve leaves the deployment class unpicklable for later tests."""
 
     def __init__(self, replica) -> None:
         self.replica = replica
@@ -228,17 +229,11 @@ class _Handle:
         )
 
 
-def test_gateway_fan_out_over_retriever_shards_equals_one_retriever(
-    store: LanceStore, indexes, mmrag_home, monkeypatch
-) -> None:
+def test_gateway_fan_out_over_retriever_shards_equals_one_retriever(store: LanceStore, indexes, mmrag_home) -> None:
     """The retriever deployment's code (partial searches, vectors sent in) behind the gateway's fan-out
     (mmrag.serve.shards) answers as one retriever does, encoding each query once for all shards."""
     import asyncio
 
-    from ray.serve import batching
-
-    # @serve.batch outside a replica (the one retriever): only its check of max_ongoing_requests needs Serve's context
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda s: None)
     from mmrag.config import load_config
     from mmrag.serve.retries import Retries
     from mmrag.serve.retriever import Retriever
@@ -268,7 +263,7 @@ def test_gateway_fan_out_over_retriever_shards_equals_one_retriever(
         for mode, w, fusion in cases:
             for coll in ("a", "b"):
                 kw = {"k": 6, "collection": coll, "mode": mode, "weights": w, "fusion": fusion}
-                want = await one.search("gamma delta", **kw)
+                want = await _Handle(one).search.remote("gamma delta", **kw)
                 calls = sum(e.calls + t.calls for e, t in encs[1:])
                 got = await fan.search("gamma delta", **kw, rrf_k=60)
                 assert [h["id"] for h in got["hits"]] == [h["id"] for h in want["hits"]], (mode, coll)
