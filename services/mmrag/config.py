@@ -465,6 +465,16 @@ class RetrieverConfig(DeploymentConfig):
         "new search snapshot beside the one it serves (new and deleted documents show up this much later at most, "
         "plus the build).",
     )
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Split the search index over this many retriever deployments (Retriever-shard-0 ...), each "
+        "holding the items whose stable id hash mod shards is its number, with its own replicas and autoscaling "
+        "(these settings apply to each): for collections larger than one node's RAM. The gateway encodes the query "
+        "once, searches every shard at once and merges; results equal one index's (mmrag.store.shards). 1: one "
+        "Retriever deployment holding every item.",
+    )
     default_mode: SearchMode = Field(default="hybrid", description="Search mode when a request names none.")
     first_stage_k: int = Field(
         default=1500,
@@ -498,9 +508,13 @@ class RetrieverConfig(DeploymentConfig):
     def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         return check_weights(v)
 
-    def index_config(self) -> dict[str, Any]:
-        """The search index's settings this config decides (``SearchIndexConfig`` fields)."""
-        return {"first_stage_k": self.first_stage_k, "dense_ann": self.dense_first_stage == "index"}
+    def index_config(self, shard: int | None = None) -> dict[str, Any]:
+        """The search index's settings this config decides (``SearchIndexConfig`` fields): of the retriever holding
+        ``shard`` of ``shards``; None: an index over every item (an in-process searcher)."""
+        out: dict[str, Any] = {"first_stage_k": self.first_stage_k, "dense_ann": self.dense_first_stage == "index"}
+        if shard is not None:
+            out |= {"shard_index": shard, "shard_count": self.shards}
+        return out
 
 
 class IngestorConfig(DeploymentConfig):

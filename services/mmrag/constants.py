@@ -44,6 +44,13 @@ GATEWAY_DEPLOYMENT = "Gateway"
 INGESTOR_DEPLOYMENT = "Ingestor"
 
 
+def retriever_deployment(shard: int, shards: int) -> str:
+    """The retriever deployment holding ``shard`` of ``shards`` (``retriever.shards``): ``Retriever`` when the index
+    is one, else ``Retriever-shard-<i>`` (a deployment per shard: Serve's replicas of one deployment are
+    interchangeable, so a shard cannot be a replica)."""
+    return RETRIEVER_DEPLOYMENT if shards <= 1 else f"{RETRIEVER_DEPLOYMENT}-shard-{shard}"
+
+
 def mmrag_home() -> Path:
     """The state directory: ``$MMRAG_HOME``, else ``$XDG_CACHE_HOME/mmrag``, else ``~/.cache/mmrag``."""
     if os.environ.get(ENV_HOME):

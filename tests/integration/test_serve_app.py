@@ -460,3 +460,43 @@ def test_a_killed_retriever_costs_no_search(served) -> None:
     after = retrievers()
     assert before[0] not in after and len(after) == 2, after  # Serve started a replacement
     assert _search(url, query="permutation test", collection="docs", k=3).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ sharded index (after
+# the faults: it redeploys the app)
+def test_two_retriever_shards_answer_as_one(served) -> None:
+    """retriever.shards 2 on the same store: the app redeployed with a retriever deployment per shard (the gateway
+    encodes once, fans out, merges) answers every mode, filtered and not, as the one-index app did."""
+    from ray import serve
+
+    from mmrag import constants
+    from mmrag.serve.app import build_app_from_config
+
+    url, cfg, _ = served
+    bodies = [
+        {"query": q, "k": k, "collection": c, "mode": m, **({"filters": f} if f else {})}
+        for q, k, c, m, f in [
+            ("permutation test", 8, "docs", "visual", None),
+            ("permutation test", 8, "docs", "text", None),
+            ("a cup on a table", 8, "docs", "dense", None),
+            ("conditional inference", 8, "docs", "hybrid", None),
+            ("asymptotic distribution", 5, "docs", "hybrid", {"modalities": ["page"], "page_min": 2}),
+            ("table of p-values", 4, "other", "hybrid", None),
+        ]
+    ]
+
+    def key(r: httpx.Response) -> list[tuple[str, float]]:
+        assert r.status_code == 200, r.text
+        return [(h["id"], round(h["score"], 5)) for h in r.json()["results"]]
+
+    one = [key(_search(url, **b)) for b in bodies]
+    sharded = cfg.model_copy(
+        update={"retriever": cfg.retriever.model_copy(update={"shards": 2, "num_replicas": 1, "num_cpus": 0.2})}
+    )
+    serve.run(build_app_from_config(sharded), name=constants.APP_NAME, route_prefix=cfg.server.route_prefix)
+    deployments = serve.status().applications[constants.APP_NAME].deployments
+    assert {"Retriever-shard-0", "Retriever-shard-1"} <= set(deployments) and "Retriever" not in deployments
+    responses = [_search(url, **b) for b in bodies]
+    assert [key(r) for r in responses] == one
+    assert all(r.json()["timings_ms"]["shards"] == 2 for r in responses)
+    assert all(len(k) > 0 for k in one)

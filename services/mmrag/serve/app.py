@@ -84,7 +84,16 @@ def build_app_from_config(cfg: MmragConfig) -> Application:
         g = cfg.models.generator.model_copy(update={"vision": is_vision_model(cfg)})
         cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"generator": g})})
     tree = replica_config(cfg)
-    retriever = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
+    n = cfg.retriever.shards
+    if n == 1:
+        retriever: Any = Retriever.options(**cfg.retriever.serve_options()).bind(tree)
+    else:  # a deployment per shard, each with the retriever section's replicas and autoscaling (mmrag.serve.shards)
+        from mmrag.constants import retriever_deployment
+
+        retriever = [
+            Retriever.options(name=retriever_deployment(i, n), **cfg.retriever.serve_options()).bind(tree, shard=i)
+            for i in range(n)
+        ]
     reranker = Reranker.options(**cfg.reranker.serve_options()).bind(tree)
     generator = None
     if cfg.generator.engine != "none":

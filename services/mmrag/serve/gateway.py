@@ -70,7 +70,10 @@ class Gateway(DocumentRoutes, WebRoutes):
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.cfg = MmragConfig.model_validate(config)
-        self.retriever = retriever
+        # retriever.shards > 1: one handle per shard; searches fan out over them (mmrag.serve.shards), while query
+        # encoding and evidence, which need no index, go to the first
+        shards = list(retriever) if isinstance(retriever, list | tuple) else None
+        self.retriever = shards[0] if shards else retriever
         self.reranker = reranker
         self.generator = generator
         self.ingestor = ingestor
@@ -115,6 +118,15 @@ class Gateway(DocumentRoutes, WebRoutes):
         from mmrag.serve.retries import Retries
 
         self.retries = Retries(srv.retry_deadline_s, on_event=self.metrics.retry)
+        self.shards = None
+        if shards and len(shards) > 1:
+            from mmrag.serve.shards import ShardedRetriever
+            from mmrag.store.search_config import SearchIndexConfig
+
+            self.shards = ShardedRetriever(
+                shards, self.retries, default_mode=self.cfg.retriever.default_mode,
+                default_weights=SearchIndexConfig().weights,
+            )  # fmt: skip
         self._collections: tuple[float, set[str]] = (0.0, set())
         self._collections_refreshing = False
         self._rerank_info: dict[str, Any] | None = None
@@ -241,13 +253,19 @@ class Gateway(DocumentRoutes, WebRoutes):
         t0 = time.perf_counter()
         try:
             filters = req.filters.model_dump(exclude_none=True) if req.filters else None
-            out = await self.retries.call(
-                "retriever.search",
-                lambda: self.retriever.search.remote(
+            if self.shards is not None:
+                out = await self.shards.search(
                     req.query, k=n, collection=collection, mode=req.mode, filters=filters, weights=pol.weights,
-                    fusion=pol.method,
-                ),
-            )  # fmt: skip
+                    fusion=pol.method, rrf_k=self.cfg.retriever.rrf_k,
+                )  # fmt: skip
+            else:
+                out = await self.retries.call(
+                "retriever.search",
+                    lambda: self.retriever.search.remote(
+                        req.query, k=n, collection=collection, mode=req.mode, filters=filters, weights=pol.weights,
+                        fusion=pol.method,
+                    ),
+                )  # fmt: skip
         except SearchError as e:  # a search this store cannot run as asked (e.g. dense mode without text vectors)
             raise ApiError(400, "invalid_request", str(e), "mode") from e
         timings = {"retrieve": (time.perf_counter() - t0) * 1e3, **out["timings"]}

@@ -7,7 +7,7 @@ real deployment with small parts; by default they are built from the config.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,11 @@ class _SearchArgs:
     filters: dict[str, Any] | None
     weights: dict[str, float] | None = None
     fusion: str | None = None
+    #: A shard's part of a sharded search (mmrag.serve.shards): the query's vectors come encoded, and hybrid returns
+    #: each channel's list unfused.
+    query_mv: Any = field(default=None, compare=False)
+    query_vec: Any = field(default=None, compare=False)
+    partial: bool = False
 
     def needs(self, channel: str) -> bool:
         """Whether this search runs ``channel`` (``visual`` or ``dense``), so its query vector is needed."""
@@ -44,7 +49,9 @@ def _effective(a: _SearchArgs, can: set[str]) -> _SearchArgs:
     vectors encoded are the ones the search uses (as :class:`mmrag.search.LocalSearcher` does)."""
     import dataclasses
 
-    w = {c: v for c, v in (a.weights or {}).items() if v > 0 and c in can} or {"visual": 1.0}
+    w = {c: v for c, v in (a.weights or {}).items() if v > 0 and c in can}
+    if not w and not a.partial:  # a shard's part leaves the fallback to the merge: another shard may serve them
+        w = {"visual": 1.0}
     return dataclasses.replace(a, weights=w)
 
 
@@ -54,6 +61,7 @@ class Retriever:
         self,
         config: dict[str, Any],
         *,
+        shard: int | None = None,
         encoder: Any = None,
         index: Any = None,
         text_encoder: Any = None,
@@ -71,7 +79,8 @@ class Retriever:
         if index is None:
             from mmrag.store.search import SearchIndex
 
-            index = SearchIndex.from_store(store, self.cfg.retriever.index_config())
+            # retriever.shards > 1: this deployment holds shard ``shard`` (mmrag.store.shards)
+            index = SearchIndex.from_store(store, self.cfg.retriever.index_config(shard))
         if text_encoder is None and self.cfg.models.text is not None:
             from mmrag.models.text_encoder import TextEncoder
 
@@ -102,6 +111,17 @@ class Retriever:
     async def encode(self, query: str) -> np.ndarray:
         return await self._encode(query)
 
+    async def encode_query(self, query: str, *, visual: bool, dense: bool) -> tuple[np.ndarray | None, Any]:
+        """A sharded search's query vectors, encoded once here for every shard: the multivector (``visual``) and the
+        text model's vector (``dense``; None without ``models.text``)."""
+        import asyncio
+
+        qmv = await self._encode(query) if visual else None
+        qvec = None
+        if dense and self.text_encoder is not None:
+            qvec = (await asyncio.to_thread(self.text_encoder.embed_queries, [query]))[0]
+        return qmv, qvec
+
     async def search(
         self,
         query: str,
@@ -112,16 +132,26 @@ class Retriever:
         filters: dict[str, Any] | None = None,
         weights: dict[str, float] | None = None,
         fusion: str | None = None,
+        query_mv: np.ndarray | None = None,
+        query_vec: np.ndarray | None = None,
+        partial: bool = False,
     ) -> dict[str, Any]:
         """Ranked candidates as plain dicts, plus the query multivector for the reranker.
+
+        ``partial`` (one shard's part of a sharded search, :mod:`mmrag.serve.shards`): the query's vectors come as
+        ``query_mv`` / ``query_vec`` (encoded once for every shard), and a hybrid search answers ``rankings`` (each
+        channel's list, unfused), ``depths`` and the ``channels`` this shard serves instead of ``hits``.
 
         Concurrent searches are batched whole (:meth:`_search_batch`): one encoder forward pass for the batch's
         queries, then one :meth:`~mmrag.store.search.SearchIndex.search_many` over the batch, which fetches every
         query's exact-stage multivectors from LanceDB in one take."""
         t0 = time.perf_counter()
         out = await self._search_batch(
-            _SearchArgs(query, k, collection, mode or self.cfg.retriever.default_mode, filters, weights, fusion)
-        )
+            _SearchArgs(
+                query, k, collection, mode or self.cfg.retriever.default_mode, filters, weights, fusion,
+                query_mv=query_mv, query_vec=query_vec, partial=partial,
+            )
+        )  # fmt: skip
         if isinstance(out, Exception):
             raise out
         out["timings"] = {**out["timings"], "in_retriever_ms": (time.perf_counter() - t0) * 1e3}
@@ -158,15 +188,17 @@ class Retriever:
         if self.text_encoder is None:
             can.discard("dense")
         batch = [a if a.mode != "hybrid" else _effective(a, can) for a in batch]
-        needs = [i for i, a in enumerate(batch) if a.needs("visual")]
-        qmvs: dict[int, np.ndarray] = {}
+        # vectors a sharded search encoded once (mmrag.serve.shards) are used as given
+        qmvs = {i: a.query_mv for i, a in enumerate(batch) if a.query_mv is not None}
+        qvecs = {i: a.query_vec for i, a in enumerate(batch) if a.query_vec is not None}
+        needs = [i for i, a in enumerate(batch) if a.needs("visual") and i not in qmvs]
         if needs:
-            qmvs = dict(zip(needs, self.encoder.embed_queries([batch[i].query for i in needs]), strict=True))
-        needs_text = [i for i, a in enumerate(batch) if a.needs("dense")] if self.text_encoder is not None else []
-        qvecs: dict[int, np.ndarray] = {}
+            qmvs |= dict(zip(needs, self.encoder.embed_queries([batch[i].query for i in needs]), strict=True))
+        needs_text = [i for i, a in enumerate(batch) if a.needs("dense") and i not in qvecs]
+        needs_text = needs_text if self.text_encoder is not None else []
         if needs_text:
             got = self.text_encoder.embed_queries([batch[i].query for i in needs_text])
-            qvecs = dict(zip(needs_text, got, strict=True))
+            qvecs |= dict(zip(needs_text, got, strict=True))
         t1 = time.perf_counter()
         queries: list[SearchQuery | None] = []
         errors: dict[int, Exception] = {}
@@ -189,6 +221,7 @@ class Retriever:
                     query_vec=qvecs.get(i),
                     weights=a.weights,
                     fusion=a.fusion,
+                    partial=a.partial,
                 )
             )
         valid = [i for i, q in enumerate(queries) if q is not None]
@@ -203,9 +236,15 @@ class Retriever:
             if isinstance(got, Exception):
                 out.append(got)
                 continue
-            out.append(
-                {"hits": [h.to_dict() for h in got], "query_mv": qmvs.get(i), "mode": a.mode, "timings": timings}
-            )
+            # a shard's part need not send back the vectors the gateway sent it
+            res: dict[str, Any] = {"query_mv": None if a.partial else qmvs.get(i), "mode": a.mode, "timings": timings}
+            if isinstance(got, dict):  # a shard's part of a hybrid search
+                res["rankings"] = {c: [h.to_dict() for h in hits] for c, hits in got.items()}
+                res["depths"] = self.index.channel_depths(a.k)
+                res["channels"] = sorted(can)
+            else:
+                res["hits"] = [h.to_dict() for h in got]
+            out.append(res)
         return out
 
     async def check_health(self) -> None:

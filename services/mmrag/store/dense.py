@@ -148,7 +148,8 @@ class TextVectors:
         exact_rows: int,
         candidates: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores (best window's cosine) of the top ``k`` of ``allowed`` rows, best first. ``candidates``:
+        """Rows and scores (best window's cosine) of the top ``k`` of ``allowed`` rows, best first, plus any row tied
+        with the ``k``-th (which of them to keep is the caller's choice, by id). ``candidates``:
         the first stage's rows, found elsewhere (a vector index); they must pass the same filters as ``allowed``."""
         allowed = allowed[self.count[allowed] > 0]
         if not len(allowed):
@@ -165,11 +166,16 @@ class TextVectors:
             cand, _ = top(allowed, s1[allowed], first_stage_k)
         lens = self.count[cand]
         idx = ranges(self.start[cand], lens)
-        sims = (self.chunks[idx].astype(np.float32) @ q) * self.scale[idx]
+        # einsum sums each row's products in one fixed order: BLAS's mat-vec blocks rows by their position, so equal
+        # windows (a title shared by pages) scored a last bit apart and tied items came back in either order
+        sims = np.einsum("ij,j->i", self.chunks[idx].astype(np.float32), q) * self.scale[idx]
         offsets = np.zeros(len(cand), np.int64)
         offsets[1:] = np.cumsum(lens)[:-1]
         best = np.maximum.reduceat(sims, offsets)
         rows, scores = top(cand, best, k)
+        if len(rows) and len(rows) < len(cand):  # every row tied with the k-th too: the caller cuts them by id
+            tied = cand[(best == scores.min()) & ~np.isin(cand, rows)]
+            rows, scores = np.concatenate([rows, tied]), np.concatenate([scores, np.full(len(tied), scores.min())])
         o = np.lexsort((rows, -scores))
         return rows[o], scores[o]
 

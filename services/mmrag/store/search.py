@@ -79,6 +79,13 @@ class SearchQuery:
     #: Hybrid channel weights (``visual``, ``bm25``, ``dense``); None: ``config.weights``.
     weights: dict[str, float] | None = None
     fusion: str | None = None
+    #: Hybrid on one shard of several (:mod:`mmrag.store.shards`): return each channel's list unfused, over the
+    #: channels this shard can serve (no visual fallback); the caller merges every shard's lists and fuses once.
+    partial: bool = False
+
+
+#: A partial hybrid result: channel -> its ranked hits (raw channel scores, best first).
+Rankings = dict[str, list[Hit]]
 
 
 @dataclass
@@ -269,6 +276,11 @@ class SearchIndex:
         """The channels this snapshot can serve: ``visual`` (always), ``bm25``, ``dense``."""
         return _channels(self._snap)
 
+    def channel_depths(self, k: int) -> dict[str, int]:
+        """How many hits each channel's list of a top-``k`` hybrid search holds (what a shard's part sends)."""
+        depth = max(k, self.config.fusion_depth)
+        return {"visual": max(self.config.exact_k, k), "bm25": depth, "dense": depth}
+
     def search_dense(self, query_vec: np.ndarray, k: int, *, filters: SearchFilters) -> list[Hit]:
         """Top ``k`` items by the dense text channel (best text window's cosine to the query vector)."""
         return self._one(SearchQuery("dense", None, "", k, filters, query_vec=query_vec))
@@ -293,8 +305,9 @@ class SearchIndex:
             q, allowed, k, first_stage_k=cfg.dense_first_stage_k, exact_rows=cfg.dense_exact_rows,
             candidates=candidates,
         )  # fmt: skip
-        # equal scores (e.g. items whose only window is the same title) in id order, not in write order
-        o = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), snap.ids[int(rows[i])]))
+        # equal scores (e.g. items whose only window is the same title) in id order, not in write order: the rows tied
+        # with the k-th all come back, so which of them make the cut is decided by id too (as a shard merge does)
+        o = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), snap.ids[int(rows[i])]))[:k]
         return rows[o], scores[o]
 
     @staticmethod
@@ -380,7 +393,7 @@ class SearchIndex:
             )
         )
 
-    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Hit] | SearchError]:
+    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Hit] | Rankings | SearchError]:
         """Search a batch of queries (any modes) against one snapshot; a query's :class:`SearchError` is returned
         in its place, so one bad query does not fail the others.
 
@@ -398,7 +411,7 @@ class SearchIndex:
         wanted = [r for p in plans if isinstance(p, _Plan) and p.cand is not None for r in p.cand.tolist()]
         fetched = snap.fetch_rows(wanted) if wanted and snap is not None else {}
         # the dense hits' text (snippets, prompts) for rows the visual take did not bring
-        out: list[list[Hit] | SearchError] = []
+        out: list[list[Hit] | Rankings | SearchError] = []
         for sq, plan in zip(queries, plans, strict=True):
             if isinstance(plan, SearchError):
                 out.append(plan)
@@ -409,15 +422,20 @@ class SearchIndex:
                 out.append(e)
         return self._with_texts(snap, out)
 
-    def _with_texts(self, snap: Snapshot | None, out: list[list[Hit] | SearchError]) -> list[list[Hit] | SearchError]:
+    def _with_texts(self, snap: Snapshot | None, out: list[Any]) -> list[Any]:
         """Fill in the text of the returned hits that came only from the dense channel (one take for the batch):
-        only the hits that survive fusion are fetched, not every candidate of every channel."""
+        only the hits that survive fusion are fetched, not every candidate of every channel (a partial result's
+        channel lists are all returned, so all of theirs)."""
         if snap is None:
             return out
+
+        def lists(got: Any) -> list[list[Hit]]:
+            return [got] if isinstance(got, list) else list(got.values()) if isinstance(got, dict) else []
+
         want = {
             snap.id_row[h.id]
-            for hits in out
-            if isinstance(hits, list)
+            for got in out
+            for hits in lists(got)
             for h in hits
             if not h.text and h.id in snap.id_row and (snap.has_text is None or snap.has_text[snap.id_row[h.id]])
         }
@@ -425,20 +443,24 @@ class SearchIndex:
             return out
         texts = snap.fetch_texts(sorted(want))
         n = self.config.snippet_chars
-        return [
-            [
+
+        def filled(hits: list[Hit]) -> list[Hit]:
+            return [
                 dataclasses.replace(h, text=(texts.get(snap.id_row.get(h.id, -1)) or "")[:n]) if not h.text else h
                 for h in hits
             ]
-            if isinstance(hits, list)
-            else hits
-            for hits in out
-        ]
+
+        return [
+            filled(got) if isinstance(got, list) else {c: filled(h) for c, h in got.items()} if isinstance(got, dict)
+            else got
+            for got in out
+        ]  # fmt: skip
 
     def _one(self, sq: SearchQuery) -> list[Hit]:
         got = self.search_many([sq])[0]
         if isinstance(got, SearchError):
             raise got
+        assert isinstance(got, list)
         return got
 
     def _weights(self, snap: Snapshot | None, sq: SearchQuery) -> dict[str, float]:
@@ -450,12 +472,14 @@ class SearchIndex:
             if not isinstance(w, int | float) or math.isnan(w) or math.isinf(w) or w < 0:
                 raise SearchError(f"the weight of {name!r} must be a finite number >= 0, got {w!r}")
         positive = {c: float(w) for c, w in raw.items() if w > 0}
-        if not positive:
+        if not positive and not sq.partial:  # a shard's part may have none left that this replica can serve
             raise SearchError("at least one channel weight must be positive")
         if snap is None:
             return positive
         can = set(_channels(snap))  # of the snapshot this batch runs on, even if a refresh swapped it meanwhile
         usable = {c: w for c, w in positive.items() if c in can}
+        if not usable and sq.partial:  # another shard may serve them; the merge decides (mmrag.store.shards)
+            return {}
         if not usable:  # e.g. a store without a full-text index or text vectors: the visual ranking alone
             log.warning("hybrid search: none of %s is available in this store; visual ranking only", sorted(positive))
             return {"visual": 1.0}
@@ -515,11 +539,11 @@ class SearchIndex:
         plan: _Plan,
         fetched: dict[int, tuple[np.ndarray, str | None]],
         texts: dict[int, str | None] | None = None,
-    ) -> list[Hit]:
+    ) -> list[Hit] | Rankings:
         if sq.mode == "text":
             return self.search_text(sq.query_text, sq.k, filters=sq.filters)
         if plan.empty or snap is None:
-            return []
+            return {} if sq.partial and sq.mode == "hybrid" else []
         texts = texts or {}
         dense = [
             snap.hit(
@@ -547,6 +571,8 @@ class SearchIndex:
         rankings: dict[str, list[Hit]] = {"visual": visual, "dense": dense}
         if "bm25" in plan.weights:
             rankings["bm25"] = [h for h, _ in self._text(snap, sq.query_text, plan.depth, sq.filters)]
+        if sq.partial:
+            return {c: hits for c, hits in rankings.items() if c in plan.weights}
         method = sq.fusion or self.config.fusion
         return fuse(rankings, plan.weights, sq.k, method=method, rrf_k=sq.rrf_k or self.config.rrf_k)  # type: ignore[arg-type]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmrag.store.cascade import TokenStore
 from mmrag.store.fusion import FusionMethod
@@ -95,6 +95,21 @@ class SearchIndexConfig(BaseModel):
     )
     load_batch_rows: int = Field(default=1024, ge=1, description="Rows per batch when reading multivectors.")
     fetch_chunk_rows: int = Field(default=2048, ge=1, description="Row ids per LanceDB take while loading.")
+    shard_count: int = Field(
+        default=1,
+        ge=1,
+        description="Shards the items are split over (retriever.shards); this index loads only its own shard's items "
+        "(mmrag.store.shards.shard_of). 1: every item.",
+    )
+    shard_index: int = Field(
+        default=0, ge=0, description="Which shard this index holds, 0 <= shard_index < shard_count."
+    )
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> SearchIndexConfig:
+        if self.shard_index >= self.shard_count:
+            raise ValueError(f"shard_index {self.shard_index} is not below shard_count {self.shard_count}")
+        return self
 
 
 __all__ = ["SearchError", "SearchIndexConfig"]

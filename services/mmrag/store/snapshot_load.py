@@ -33,6 +33,7 @@ from mmrag.store.cascade import offsets as _offsets
 from mmrag.store.cascade import ranges as _ranges
 from mmrag.store.dense import TextVectors
 from mmrag.store.search_config import SearchError, SearchIndexConfig
+from mmrag.store.shards import keep_shard
 from mmrag.store.snapshot import META, Codes, Fetched, Snapshot, float_column
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def load_snapshot(
         .limit(None)
         .to_arrow()
     )
+    meta = keep_shard(meta, config.shard_index, config.shard_count)  # retriever.shards: this shard's items only
     n = meta.num_rows
     pooled_col = meta.column("pooled").combine_chunks() if n else None
     if n and pooled_col.null_count:
@@ -153,6 +155,7 @@ def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndex
     lacking = old.text is not None and bool((old.text.count == 0).any()) and "text_model_id" in schema.names
     scan_cols = ["id", "text_model_id"] if lacking else ["id"]
     scan = table.search().where(_visible()).select(scan_cols).with_row_id(True).limit(None).to_arrow()
+    scan = keep_shard(scan, config.shard_index, config.shard_count)
     n = scan.num_rows
     ids_arr = scan.column("id").combine_chunks() if n else pa.array([], pa.string())
     if ids_arr.null_count or (n and pc.count_distinct(ids_arr).as_py() != n):

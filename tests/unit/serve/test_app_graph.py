@@ -61,3 +61,18 @@ def test_the_replica_config_is_the_config_less_placement() -> None:
         kept = {k: v for k, v in full[section].items() if k not in PLACEMENT_FIELDS}
         assert {k: v for k, v in again.model_dump(mode="json")[section].items() if k in kept} == kept
     assert again.models == cfg.models and again.store == cfg.store and again.server == cfg.server
+
+
+def test_shards_bind_a_retriever_deployment_per_shard(mmrag_home: str) -> None:
+    """retriever.shards 2: two retriever deployments (each with the retriever section's replicas), told their shard,
+    both handed to the gateway; 1 (the default) is the graph above, unchanged."""
+    app = build_app_from_config(load_config("local-cpu", {**BASE, "retriever": {"shards": 2, "num_replicas": 2}}))
+    shards = app._bound_deployment.init_args[1]
+    names = [s._bound_deployment.name for s in shards]
+    assert names == ["Retriever-shard-0", "Retriever-shard-1"]
+    assert [s._bound_deployment.init_kwargs["shard"] for s in shards] == [0, 1]
+    assert all(s._bound_deployment._deployment_config.num_replicas == 2 for s in shards)
+    with pytest.raises(ValueError, match="shard_count"):
+        from mmrag.store.search_config import SearchIndexConfig
+
+        SearchIndexConfig(shard_index=2, shard_count=2)
