@@ -43,6 +43,7 @@ from mmrag.serve.schemas import (
     SearchResult,
     error_json,
 )
+from mmrag.serve.summaries import SummaryRoutes
 from mmrag.serve.web import WebRoutes
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway(DocumentRoutes, WebRoutes):
+class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
     def __init__(
         self,
         config: dict[str, Any],

@@ -457,6 +457,9 @@ class LanceStore:
         self.table(S.ITEMS).delete(where)
         self.table(S.DOCUMENTS).delete(where)
         self.table(S.ERRORS).delete(where)
+        from mmrag.store import summaries
+
+        summaries.forget(self, collection, did)  # a deleted video's cached summaries go with it
         return n
 
     # ------------------------------------------------------------------------------ calibration
