@@ -248,5 +248,5 @@ def test_cache_key_follows_content_model_and_prompt_settings_only() -> None:
 
 
 def test_misconfigured_lengths_are_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="summary.chapter_tokens"):
+    with pytest.raises(ValueError, match=r"summary\.chapter_tokens"):
         Summarizer(_cfg(summary_tokens=2040), FakeGenerator(), vision=False)
