@@ -3,7 +3,8 @@
 ``video_summaries`` holds one row per (document, cache key): the summary as JSON. The key hashes what a summary
 depends on (the video's content hash, the generator model, the prompt version and the summary settings), so a
 re-ingested video with other bytes, or another generator, never finds an old summary; the row of an older version
-is dropped when a new one is written, and :meth:`LanceStore.delete_document` drops a deleted video's. The table is
+is dropped when the video is re-ingested (:meth:`LanceStore.finish_documents`) or a new summary is written, and
+:meth:`LanceStore.delete_document` drops a deleted video's. The table is
 created on first write (nothing to migrate in an older store).
 
 Filters are built with LanceDB's typed expressions (quoted literals), as everywhere in the store.
@@ -108,6 +109,19 @@ def save(store: Any, doc: dict[str, Any], cache_key: str, result: dict[str, Any]
     tbl.delete((mine & stale).to_sql())
 
 
+def drop_stale(store: Any, versions: list[tuple[str, str]]) -> None:
+    """Drop the summaries of other versions of these ``(doc_id, content_hash)`` documents (just re-ingested)."""
+    from lancedb.expr import col, lit
+
+    if not versions or not store.has_table(SUMMARIES):
+        return
+    conds = [(col("doc_id") == lit(d)) & (col("content_hash") != lit(h)) for d, h in versions]
+    where = conds[0]
+    for c in conds[1:]:
+        where = where | c
+    store.table(SUMMARIES).delete(where.to_sql())
+
+
 def forget(store: Any, collection: str, doc_id: str) -> None:
     """Drop every cached summary of a document (it was deleted)."""
     from lancedb.expr import col, lit
@@ -117,4 +131,14 @@ def forget(store: Any, collection: str, doc_id: str) -> None:
         store.table(SUMMARIES).delete(where)
 
 
-__all__ = ["SUMMARIES", "SUMMARIES_SCHEMA", "cached", "clips", "document", "documents_by_hash", "forget", "save"]
+__all__ = [
+    "SUMMARIES",
+    "SUMMARIES_SCHEMA",
+    "cached",
+    "clips",
+    "document",
+    "documents_by_hash",
+    "drop_stale",
+    "forget",
+    "save",
+]

@@ -75,7 +75,8 @@ def test_cache_hit_miss_and_invalidation(store: LanceStore) -> None:
     assert summaries.cached(store, doc["doc_id"], "k1") == {"summary": "refreshed"}
     assert store.table(summaries.SUMMARIES).count_rows() == 2, "a refresh replaces its row"
 
-    new = _ingest(store, "h2", 3)  # the video changed: its old summaries go when the new one is stored
+    new = _ingest(store, "h2", 3)  # the video changed: its old summaries go as the new version is published
+    assert store.table(summaries.SUMMARIES).count_rows() == 0
     summaries.save(store, new, "k3", {"summary": "new version"})
     assert store.table(summaries.SUMMARIES).count_rows() == 1
     assert summaries.cached(store, new["doc_id"], "k3") == {"summary": "new version"}
