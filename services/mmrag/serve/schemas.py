@@ -398,8 +398,8 @@ class Chapter(BaseModel):
         "a vision model sees): the summary then says so and no generator was asked."
     )
     citations: list[Citation] = Field(
-        description="The clips it was made from, in time order; n numbers the video's clips from 1 (as the prompt "
-        "labels them), score is 1 (every clip was read, none ranked)."
+        description="The clips it was made from, in time order: n numbers the video's clips from 1, cited is true and "
+        "score 1 for each (every clip was read, none ranked)."
     )
 
 
