@@ -644,13 +644,14 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         """What an item is: its source, page or clip bounds, the frames' times, its size, and where to get its
         image, frames, video (when the source video can be served) and evidence view."""
         row = await self._row(item_id, ["modality", "source_uri", "page", "start_s", "end_s", "frame_ts", "width",
-                                        "height", "text", "content_hash"])  # fmt: skip
+                                        "height", "text", "content_hash", "doc_id"])  # fmt: skip
         base = f"{self.cfg.server.route_prefix.rstrip('/')}/v1/items/{item_id}"
         ts = list(row.get("frame_ts") or []) if row["modality"] == "clip" else []
         video = row["modality"] == "clip" and await asyncio.to_thread(media.source_file, row) is not None
         return ItemInfo(
             id=item_id,
             collection=row["collection"],
+            doc_id=row.get("doc_id"),
             modality=row["modality"],
             source=row["source_uri"],
             page=row.get("page"),

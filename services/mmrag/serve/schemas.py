@@ -263,6 +263,9 @@ class ItemInfo(BaseModel):
 
     id: str = Field(description="Item id.")
     collection: str = Field(description="Its collection.")
+    doc_id: str | None = Field(
+        default=None, description="Its document's id (a clip's: POST /v1/videos/{doc_id}/summary summarises the video)."
+    )
     modality: ModalityName = Field(description="page, image or clip.")
     source: str = Field(description="Source document URI as ingested.")
     page: int | None = Field(default=None, description="1-based page number for pages.")
