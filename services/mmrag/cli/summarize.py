@@ -58,7 +58,7 @@ def resolve_doc_id(target: str, store: Any, collection: str | None) -> str:
             )
         raise NotIngested(f"{target} is not ingested{where} in the store at {store.uri}; ingest it first: "
                           f"mmrag ingest {target}" + (f" -c {collection}" if collection else ""))  # fmt: skip
-    videos = [d for d in docs if d.get("kind") == "video"]
+    videos = [d for d in docs if d.get("kind") in summaries.SUMMARY_KINDS]
     if not videos:
         raise NotIngested(f"{target} is ingested as a {docs[0].get('kind')}, not a video: only videos have summaries")
     if len({d["collection"] for d in videos}) > 1:

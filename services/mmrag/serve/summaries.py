@@ -65,7 +65,9 @@ class SummaryRoutes:
         if doc is None:
             raise ApiError(404, "not_found", f"no document {doc_id}")
         context.note(collection=doc["collection"])
-        if doc.get("kind") != "video":
+        from mmrag.store.summaries import SUMMARY_KINDS
+
+        if doc.get("kind") not in SUMMARY_KINDS:
             raise ApiError(
                 422,
                 "not_a_video",
@@ -155,7 +157,7 @@ class SummaryRoutes:
         if tokens:
             self.quotas.charge(context.current(), tokens)
         self.metrics.stages("summary", result["timings"])
-        self.metrics.generated("summary", tokens, ["clip"] * sum(len(c["citations"]) for c in result["chapters"]))
+        self.metrics.generated("summary", tokens, [c["modality"] for ch in result["chapters"] for c in ch["citations"]])
         if use_cache:
             try:
                 await asyncio.to_thread(self.store.save_summary, doc, key, result)

@@ -232,7 +232,7 @@ class Summarizer:
                     n=i + 1,
                     cited=True,  # the chapter was made from each of its clips
                     id=c["id"],
-                    modality="clip",
+                    modality=c.get("modality") or "clip",
                     source=c["source_uri"],
                     start_s=c["start_s"],
                     end_s=c["end_s"],

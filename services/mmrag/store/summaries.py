@@ -32,7 +32,11 @@ SUMMARIES_SCHEMA = pa.schema(
     ]
 )
 #: Columns of a clip a summary reads (``frames`` only for a vision-language generator).
-CLIP_COLUMNS = ["id", "source_uri", "start_s", "end_s", "text", "frame_ts"]
+CLIP_COLUMNS = ["id", "source_uri", "modality", "start_s", "end_s", "text", "frame_ts"]
+#: Documents that have summaries (``documents.kind``), and the items they are made of: a timed kind of file added
+#: later (e.g. audio) joins here.
+SUMMARY_KINDS = ("video",)
+TIMED_MODALITIES = ("clip",)
 
 
 def document(store: Any, doc_id: str) -> dict[str, Any] | None:
@@ -65,7 +69,7 @@ def clips(store: Any, doc: dict[str, Any], *, frames: bool = False) -> list[dict
         (col("collection") == lit(doc["collection"]))
         & (col("doc_id") == lit(doc["doc_id"]))
         & (col("content_hash") == lit(doc["content_hash"]))
-        & (col("modality") == lit("clip"))
+        & col("modality").isin(list(TIMED_MODALITIES))
         & (col("visible") == lit(True))
     ).to_sql()
     cols = CLIP_COLUMNS + (["frames"] if frames else [])
@@ -134,6 +138,8 @@ def forget(store: Any, collection: str, doc_id: str) -> None:
 __all__ = [
     "SUMMARIES",
     "SUMMARIES_SCHEMA",
+    "SUMMARY_KINDS",
+    "TIMED_MODALITIES",
     "cached",
     "clips",
     "document",
