@@ -79,6 +79,66 @@ def ask(
         raise ServerError(None, f"{endpoint}: {e}") from e
 
 
+def summarize(
+    url: str,
+    doc_id: str,
+    *,
+    stream: bool = True,
+    refresh: bool = False,
+    key: str | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    timeout_s: float = 1800.0,
+) -> dict[str, Any]:
+    """POST /v1/videos/{doc_id}/summary; returns the summary (``summary``, ``chapters``, ``cached``, ``timings``...).
+
+    With ``stream`` the events are read as they come and ``on_event(name, data)`` gets each (``chapter``, ``token``).
+    Raises :class:`ServerError` with the server's message on an error response or an ``error`` event.
+    """
+    import httpx
+
+    endpoint = url.rstrip("/") + f"/v1/videos/{doc_id}/summary"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    body = {"stream": stream, "refresh": refresh}
+    try:
+        if not stream:
+            r = httpx.post(endpoint, json=body, headers=headers, timeout=timeout_s)
+            if r.status_code != 200:
+                raise ServerError(r.status_code, _error_message(r.content))
+            return r.json()  # type: ignore[no-any-return]
+        out: dict[str, Any] = {}
+        with httpx.stream("POST", endpoint, json=body, headers=headers, timeout=timeout_s) as r:
+            if r.status_code != 200:
+                raise ServerError(r.status_code, _error_message(r.read()))
+            for ev in iter_events(r.iter_lines()):
+                data = ev.json()
+                if ev.event == "error":
+                    raise ServerError(200, str(data.get("error", {}).get("message", data)))
+                if ev.event == "done":
+                    out = data
+                elif on_event is not None and ev.event is not None:
+                    on_event(ev.event, data)
+        if not out:
+            raise ServerError(200, "the stream ended without a summary")
+        return out
+    except httpx.HTTPError as e:
+        raise ServerError(None, f"{endpoint}: {e}") from e
+
+
+def clock(seconds: float) -> str:
+    """``1:05`` / ``1:02:03``: a time in a video, to the second."""
+    total = int(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def describe_chapter(ch: dict[str, Any]) -> str:
+    """``[0:10-0:20] summary (clips 2-3)``."""
+    ns = [c["n"] for c in ch.get("citations") or []]
+    clips = "" if not ns else f" (clip {ns[0]})" if len(ns) == 1 else f" (clips {ns[0]}-{ns[-1]})"
+    return f"[{clock(ch['start_s'])}-{clock(ch['end_s'])}] {ch['summary']}{clips}"
+
+
 def describe_citation(c: dict[str, Any]) -> str:
     """``[2] gnuplot.pdf, page 14`` / ``[3] cup.mp4, 0.0-8.1 s``, marked when the answer cites it."""
     name = PurePosixPath(str(c.get("source", ""))).name or c.get("source", "?")

@@ -875,6 +875,45 @@ class ServerConfig(_Strict):
         }
 
 
+class SummaryConfig(_Strict):
+    """Video summaries (``POST /v1/videos/{doc_id}/summary``, ``mmrag summarize``): chapters from groups of
+    consecutive clips, each summarised by the generator (map), then one summary of the chapters (reduce)."""
+
+    min_clips_per_chapter: int = Field(
+        default=2,
+        ge=1,
+        description="Consecutive clips per chapter at least (a video with fewer clips is one chapter); a longer "
+        "video gets more clips per chapter so that it never has more than max_chapters.",
+    )
+    max_chapters: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="The most chapters (generator calls of the map step) one video gets, however long it is.",
+    )
+    concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Chapter summaries generated at once for one request (the generator batches them); keep it at "
+        "or below the generator's max_ongoing_requests.",
+    )
+    chapter_tokens: int = Field(default=48, ge=1, description="Longest chapter summary, in tokens.")
+    summary_tokens: int = Field(default=96, ge=1, description="Longest overall summary, in tokens.")
+    frames_per_chapter: int = Field(
+        default=2,
+        ge=0,
+        le=16,
+        description="Clip frames shown to a vision-language generator per chapter (evenly spread; capped by "
+        "models.generator.max_images_per_prompt); a text-only generator reads the clips' text alone.",
+    )
+    cache: bool = Field(
+        default=True,
+        description="Keep each summary in the store (table video_summaries), keyed by the video's content hash, the "
+        "generator model and the prompt version: re-ingesting a changed video or deleting it invalidates it.",
+    )
+
+
 class MmragConfig(_Strict):
     """Root of the config tree."""
 
@@ -894,6 +933,7 @@ class MmragConfig(_Strict):
         description="Ingestion service deployment (uploads over the API).",
     )
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server.")
+    summary: SummaryConfig = Field(default_factory=SummaryConfig, description="Video summaries (map-reduce).")
 
 
 # ------------------------------------------------------------------------------------- loading

@@ -307,3 +307,27 @@ def test_gateway_replicas_hand_their_admission_limits_to_haproxy(tenants) -> Non
         time.sleep(0.5)
     assert {(r[px].rsplit("-mmrag-", 1)[1], r[slim]) for r in rows} == {("search", "64"), ("generate", "64")}, rows
     assert len({r[sv] for r in rows}) == 2, "both gateway replicas"
+
+
+def test_video_summaries_are_scoped(tenants) -> None:
+    """Tenant b summarises its video (the echo engine sees its frames); to tenant a the same id is as unknown as
+    a made-up one, and without a key it is 401."""
+    from mmrag.store.schema import doc_id
+
+    t = tenants
+    video = doc_id("other", str(t["dir"] / "cup.mp4"))
+    path = f"{t['url']}/v1/videos/{video}/summary"
+    r = httpx.post(path, headers=_h(t["b"]), timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["collection"] == "other" and out["cached"] is False and len(out["chapters"]) == 1
+    ch = out["chapters"][0]
+    assert ch["generated"] and ch["summary"].startswith("echo: 2 image"), "two of its frames were shown"
+    assert 0 <= ch["start_s"] < ch["end_s"] <= out["duration_s"] <= 8.2 and ch["citations"][0]["modality"] == "clip"
+    again = httpx.post(path, headers=_h(t["b"]), timeout=60).json()
+    assert again["cached"] is True and again["chapters"] == out["chapters"] and again["summary"] == out["summary"]
+    mine = httpx.post(path, headers=_h(t["a"]), timeout=60)
+    unknown = httpx.post(f"{t['url']}/v1/videos/{'0' * 32}/summary", headers=_h(t["a"]), timeout=60)
+    assert mine.status_code == unknown.status_code == 404
+    assert mine.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
+    assert httpx.post(path, timeout=30).status_code == 401

@@ -138,3 +138,52 @@ def test_mmrag_ask_prints_answer_and_sources(rag) -> None:
     assert data["answer"] and data["citations"][0]["n"] == 1
     bad = subprocess.run([*cmd[:-2], "-c", "nope"], capture_output=True, text=True, timeout=300, env=os.environ)
     assert bad.returncode == 1 and "no collection named 'nope'" in bad.stderr
+
+
+def _summary_events(url: str, doc: str, body: dict) -> list[tuple[str | None, dict]]:
+    from mmrag.sse import iter_events
+
+    with httpx.stream("POST", f"{url}/v1/videos/{doc}/summary", json=body, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        return [(ev.event, ev.json()) for ev in iter_events(r.iter_lines())]
+
+
+def test_video_summary_json_stream_cache_and_cli(rag) -> None:
+    """The sample video summarised by vLLM from its frames (ingested without OCR: the tiny Qwen2-VL sees two of
+    them); chapters inside the video citing its clip; the cache; the errors; `mmrag summarize` with the file."""
+    from mmrag.store import LanceStore
+
+    url, cfg = rag
+    docs = {d["kind"]: d for d in LanceStore(cfg.store.uri).documents("docs")}
+    video, pdf = docs["video"], docs["pdf"]
+    path = f"{url}/v1/videos/{video['doc_id']}/summary"
+    r = httpx.post(path, json={"refresh": True}, timeout=300)  # refresh: a rerun of the module starts afresh
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["cached"] is False and out["usage"]["calls"] == 1 and out["usage"]["completion_tokens"] > 0
+    assert 8.0 <= out["duration_s"] <= 8.2, "the clips' end, from ffprobe 8.10 s"
+    (ch,) = out["chapters"]
+    assert ch["generated"] and ch["summary"] and out["summary"] == ch["summary"], "one chapter is the summary"
+    assert 0 <= ch["start_s"] < ch["end_s"] <= out["duration_s"]
+    rows = LanceStore(cfg.store.uri).get_items([c["id"] for c in ch["citations"]], ["start_s", "modality"])
+    assert rows and all(r["modality"] == "clip" for r in rows.values())
+    assert out["timings"]["first_chapter"] <= out["timings"]["total"]
+
+    events = _summary_events(url, video["doc_id"], {"stream": True})
+    assert [e for e, _ in events] == ["chapter", "token", "done"] and events[-1][1]["cached"] is True
+    assert events[-1][1]["chapters"] == out["chapters"] and events[-1][1]["timings"]["total"] < 2000
+
+    fresh = _summary_events(url, video["doc_id"], {"stream": True, "refresh": True})
+    assert fresh[0][0] == "chapter" and fresh[-1][0] == "done" and fresh[-1][1]["cached"] is False
+    assert fresh[-1][1]["summary"] == out["summary"], "greedy decoding: the same summary again"
+
+    for doc, status, code in ((pdf["doc_id"], 422, "not_a_video"), ("0" * 32, 404, "not_found"),
+                              ("not-an-id", 400, "invalid_request")):  # fmt: skip
+        r = httpx.post(f"{url}/v1/videos/{doc}/summary", json={}, timeout=60)
+        assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    assert "not a video" in httpx.post(f"{url}/v1/videos/{pdf['doc_id']}/summary").json()["error"]["message"]
+
+    cmd = [sys.executable, "-m", "mmrag.cli.main", "summarize", video["source_uri"], "--url", url]
+    cli = subprocess.run([*cmd, "--db", cfg.store.uri], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "[0:00-0:08] " in cli.stdout and "(clip 1)" in cli.stdout and "from the cache" in cli.stdout

@@ -192,6 +192,12 @@ def test_a_clip_shows_its_frames_with_times_and_plays_from_its_start(page) -> No
     pg.wait_for_selector("#viewer video")
     _until(pg, "document.querySelector('#viewer video').readyState >= 1")
     _shot(pg, "clip")
+    # the clip's video summarised from the viewer: its one chapter, with the clip's times, then the summary
+    pg.click("#viewer button.summarize")
+    pg.wait_for_selector("#viewer .chapters li")
+    assert pg.inner_text("#viewer .chapters li >> nth=0").startswith("0:00–0:08.1 echo: ")
+    _until(pg, "/^(Made in|From the cache)/.test(document.querySelector('#viewer .summary .meta').textContent)")
+    assert pg.inner_text("#viewer .summary-text").startswith("echo: ")
 
 
 def test_search_only_lists_results_with_highlighted_words(page) -> None:

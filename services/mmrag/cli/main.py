@@ -803,6 +803,11 @@ def eval_cmd(
         typer.echo(markdown(report))
 
 
+from mmrag.cli.summarize import summarize as _summarize  # noqa: E402  (its own room: this module is long)
+
+app.command(name="summarize")(_summarize)
+
+
 def main() -> None:
     app()
 

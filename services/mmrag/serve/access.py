@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -35,6 +36,8 @@ from mmrag.serve.schemas import error_json
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/", "/ui/app.js",
                           "/ui/app.css"})  # fmt: skip
 GENERATE_PATHS = frozenset({"/v1/answer", "/v1/chat/completions"})
+#: Generating paths with a parameter (the tokens-per-minute quota applies): a video's summary.
+GENERATE_PATTERN = re.compile(r"^/v1/videos/[^/]+/summary$")
 
 audit_log = logging.getLogger("mmrag.audit")
 
@@ -131,7 +134,9 @@ class AccessControl:
                 quotas: Quotas | None = _state["quotas"]
                 if quotas is not None:
                     try:
-                        await quotas.admit(principal, generates=rel in GENERATE_PATHS)
+                        await quotas.admit(
+                            principal, generates=rel in GENERATE_PATHS or bool(GENERATE_PATTERN.match(rel))
+                        )
                     except QuotaExceeded as e:
                         await _error(429, "rate_limited", str(e), e.retry_after())(scope, receive, noted)
                         return

@@ -43,6 +43,7 @@ from mmrag.serve.schemas import (
     SearchResult,
     error_json,
 )
+from mmrag.serve.summaries import SummaryRoutes
 from mmrag.serve.web import WebRoutes
 
 ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway(DocumentRoutes, WebRoutes):
+class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
     def __init__(
         self,
         config: dict[str, Any],
@@ -661,13 +662,14 @@ class Gateway(DocumentRoutes, WebRoutes):
         """What an item is: its source, page or clip bounds, the frames' times, its size, and where to get its
         image, frames, video (when the source video can be served) and evidence view."""
         row = await self._row(item_id, ["modality", "source_uri", "page", "start_s", "end_s", "frame_ts", "width",
-                                        "height", "text", "content_hash"])  # fmt: skip
+                                        "height", "text", "content_hash", "doc_id"])  # fmt: skip
         base = f"{self.cfg.server.route_prefix.rstrip('/')}/v1/items/{item_id}"
         ts = list(row.get("frame_ts") or []) if row["modality"] == "clip" else []
         video = row["modality"] == "clip" and await asyncio.to_thread(media.source_file, row) is not None
         return ItemInfo(
             id=item_id,
             collection=row["collection"],
+            doc_id=row.get("doc_id"),
             modality=row["modality"],
             source=row["source_uri"],
             page=row.get("page"),

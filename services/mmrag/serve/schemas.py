@@ -263,6 +263,9 @@ class ItemInfo(BaseModel):
 
     id: str = Field(description="Item id.")
     collection: str = Field(description="Its collection.")
+    doc_id: str | None = Field(
+        default=None, description="Its document's id (a clip's: POST /v1/videos/{doc_id}/summary summarises the video)."
+    )
     modality: ModalityName = Field(description="page, image or clip.")
     source: str = Field(description="Source document URI as ingested.")
     page: int | None = Field(default=None, description="1-based page number for pages.")
@@ -370,6 +373,58 @@ class ChatRequest(BaseModel):
         if isinstance(v, list) and len(v) > 16:
             raise ValueError("at most 16 stop strings")
         return v
+
+
+class SummaryRequest(_Req):
+    """POST /v1/videos/{doc_id}/summary (the body may be left out)."""
+
+    stream: bool = Field(
+        default=False,
+        description="Server-sent events: `chapter` (a Chapter, as each is done, in the order they finish), `token` "
+        "({text}: the summary as it is generated), then `done` (the whole SummaryResponse); `error` if the "
+        "generator fails mid-way.",
+    )
+    refresh: bool = Field(
+        default=False, description="Make the summary again even when the store holds one (it then replaces it)."
+    )
+
+
+class Chapter(BaseModel):
+    """A part of a video: a run of consecutive clips, summarised by the generator from their text (and frames)."""
+
+    index: int = Field(description="0-based position of the chapter in the video.")
+    start_s: float = Field(description="Start, seconds: its first clip's start.")
+    end_s: float = Field(description="End, seconds: its last clip's end (cut at the next chapter's start).")
+    summary: str = Field(description="What happens in it, in the generator's words.")
+    generated: bool = Field(
+        description="False when the chapter had nothing a model could read (no speech, no on-screen text, no frames "
+        "a vision model sees): the summary then says so and no generator was asked."
+    )
+    citations: list[Citation] = Field(
+        description="The clips it was made from, in time order: n numbers the video's clips from 1, cited is true and "
+        "score 1 for each (every clip was read, none ranked)."
+    )
+
+
+class SummaryResponse(BaseModel):
+    """Response of POST /v1/videos/{doc_id}/summary (without ``stream``)."""
+
+    doc_id: str = Field(description="The video's document id.")
+    collection: str = Field(description="Its collection.")
+    source: str = Field(description="The video as ingested.")
+    duration_s: float = Field(description="The end of its last clip, seconds.")
+    summary: str = Field(description="The whole video, from the chapter summaries.")
+    chapters: list[Chapter] = Field(description="The chapters in time order.")
+    model: str = Field(description="Served model name.")
+    cached: bool = Field(description="Whether this came from the store's summaries cache.")
+    usage: dict[str, int] = Field(
+        default_factory=dict, description="Tokens over every generator call (and their number: calls), when made."
+    )
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Milliseconds from the request's start when made: first_chapter, map (all chapters), "
+        "summary_first_token, total; a cached answer has only lookup and total.",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -421,6 +421,9 @@ class LanceStore:
             items.update(where=(mine & (col("content_hash") == lit(d.content_hash))).to_sql(), values={"visible": True})
             items.delete((mine & (col("content_hash") != lit(d.content_hash))).to_sql())
         ids = [S.doc_id(d.collection, d.source_uri) for d in docs]
+        from mmrag.store import summaries
+
+        summaries.drop_stale(self, [(i, d.content_hash) for i, d in zip(ids, docs, strict=True)])  # changed videos
         documents = self.table(S.DOCUMENTS)
         for chunk in _chunks(ids, 500):
             documents.delete(col("doc_id").isin(chunk).to_sql())
@@ -457,6 +460,9 @@ class LanceStore:
         self.table(S.ITEMS).delete(where)
         self.table(S.DOCUMENTS).delete(where)
         self.table(S.ERRORS).delete(where)
+        from mmrag.store import summaries
+
+        summaries.forget(self, collection, did)  # a deleted video's cached summaries go with it
         return n
 
     # ------------------------------------------------------------------------------ calibration

@@ -54,5 +54,35 @@ class ScopedStore:
         rows = self.unscoped.get_items(ids, list(dict.fromkeys([*columns, "collection"])))
         return {i: r for i, r in rows.items() if p.can_read(r["collection"])}
 
+    # ------------------------------------------------------------------------------ video summaries
+    def document(self, doc_id: str) -> dict[str, Any] | None:
+        """The finished document ``doc_id``, or None (also when it is in a collection the principal may not read)."""
+        from mmrag.store import summaries
+
+        doc = summaries.document(self.unscoped, doc_id)
+        return doc if doc is not None and context.current().can_read(doc["collection"]) else None
+
+    def _readable(self, doc: dict[str, Any]) -> None:
+        if not context.current().can_read(doc["collection"]):
+            raise PermissionError(f"collection {doc['collection']!r} is not the caller's")
+
+    def video_clips(self, doc: dict[str, Any], *, frames: bool) -> list[dict[str, Any]]:
+        from mmrag.store import summaries
+
+        self._readable(doc)
+        return summaries.clips(self.unscoped, doc, frames=frames)
+
+    def cached_summary(self, doc: dict[str, Any], cache_key: str) -> dict[str, Any] | None:
+        from mmrag.store import summaries
+
+        self._readable(doc)
+        return summaries.cached(self.unscoped, doc["doc_id"], cache_key)
+
+    def save_summary(self, doc: dict[str, Any], cache_key: str, result: dict[str, Any]) -> None:
+        from mmrag.store import summaries
+
+        self._readable(doc)
+        summaries.save(self.unscoped, doc, cache_key, result)
+
 
 __all__ = ["ScopedStore"]

@@ -300,6 +300,7 @@ async function openViewer(item, n) {
       ),
     );
     parts.push(el("div", { class: "frames", role: "list", "aria-label": "sampled frames" }, ...frames));
+    if (info.doc_id) parts.push(summaryBox(info.doc_id));
   } else {
     parts.push(figure(info.image_url, regions, "page image of " + baseName(info.source) + ", " + where(info)));
   }
@@ -312,6 +313,46 @@ async function openViewer(item, n) {
     if (!state.key) parts.push(el("p", { class: "meta" }, el("a", { href, target: "_blank", rel: "noopener", text: "Server-rendered evidence image" })));
   }
   body.replaceChildren(...parts);
+}
+
+// A video's summary (POST /v1/videos/{doc_id}/summary, streamed): chapters as they finish, then the summary.
+function summaryBox(docId) {
+  const list = el("ol", { class: "chapters", "aria-label": "chapters" });
+  const text = el("p", { class: "summary-text" });
+  const meta = el("p", { class: "meta" });
+  const button = el("button", { type: "button", class: "summarize", text: "Summarize the video" });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    list.replaceChildren();
+    text.textContent = "";
+    meta.textContent = "Summarizing…";
+    const chapters = [];
+    const show = () =>
+      list.replaceChildren(
+        ...chapters
+          .sort((a, b) => a.index - b.index)
+          .map((c) => el("li", {}, el("strong", { text: fmtTime(c.start_s) + "–" + fmtTime(c.end_s) + " " }), c.summary)),
+      );
+    try {
+      const resp = await api("v1/videos/" + docId + "/summary", { method: "POST", body: { stream: true }, timeoutMs: 600000 });
+      for await (const { event, data } of events(resp)) {
+        if (event === "chapter") {
+          chapters.push(data);
+          show();
+        } else if (event === "token") text.textContent += data.text;
+        else if (event === "error") throw new ApiError(502, data.error.code, data.error.message);
+        else if (event === "done") {
+          const t = data.timings || {};
+          meta.textContent = data.cached ? "From the cache." : "Made in " + Math.round(t.total || 0) + " ms.";
+        }
+      }
+    } catch (e) {
+      meta.textContent = explain(e);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return el("section", { class: "summary", "aria-label": "video summary" }, button, meta, list, text);
 }
 
 async function playFrom(video, info) {
