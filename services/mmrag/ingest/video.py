@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
+from mmrag.ingest import shots
 from mmrag.ingest.common import default_cfg, err_msg, read_head, source_name, thumbnail_png
 from mmrag.ingest.pixels import fit_size
 from mmrag.ingest.records import DecodedItem, DecodeError
@@ -144,7 +145,22 @@ def read_video(
             with contextlib.suppress(Exception):
                 vr = open_reader(os.fspath(path), width=tw, height=th, num_threads=num_threads)
 
-    windows = clip_windows(min(duration, cfg.max_video_seconds), cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
+    read_s = min(duration, cfg.max_video_seconds)
+    plan_note = None
+    if cfg.shots.enabled:
+        # clips follow the content: cut at shot boundaries, static stretches merged (mmrag.ingest.shots)
+        small = shots.SIZE
+        windows, plan_note = shots.content_windows(
+            lambda: open_reader(os.fspath(path), width=small[0], height=small[1], num_threads=num_threads),
+            starts,
+            t0 + read_s,
+            cfg.clip_seconds,
+            cfg.clip_overlap_seconds,
+            cfg.shots,
+            clip_windows,
+        )
+    else:
+        windows = clip_windows(read_s, cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
     if duration > cfg.max_video_seconds:
         yield DecodeError(
             src,
@@ -167,9 +183,14 @@ def read_video(
             )
             continue
         images = [_bounded(Image.fromarray(f), cfg.max_pixels) for f in frames]
-        notes = []
-        if len(good) < len(idx):
-            notes.append(f"{len(idx) - len(good)} of {len(idx)} sampled frames could not be decoded ({failure})")
+        failed = len(idx) - len(good)
+        if cfg.shots.enabled and len(images) > 1:
+            # a near-identical frame adds nothing to the clip but encoder time and stored bytes
+            keep = shots.distinct_frames(images, cfg.shots.duplicate_threshold)
+            images, good = [images[j] for j in keep], [good[j] for j in keep]
+        notes = [plan_note] if plan_note and k == 0 else []
+        if failed:
+            notes.append(f"{failed} of {len(idx)} sampled frames could not be decoded ({failure})")
         key = images[len(images) // 2]
         yield DecodedItem(
             modality="clip",
