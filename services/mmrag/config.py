@@ -323,17 +323,18 @@ class ShotsConfig(_Strict):
         "inside a clip are stored once. Off: fixed clip_seconds windows over the whole video, every sampled frame.",
     )
     min_content: float = Field(
-        default=3.0,
+        default=2.0,
         ge=0,
-        description="Smallest change between consecutive 64x36 frames that can be a cut: the mean absolute "
-        "difference (0-255 levels, largest of Y, Cb, Cr) of the quarter of an 8x4 grid's cells that changed most. "
-        "A hard cut scores 50-190, a new text slide about 7, a still frame's compression noise under 0.1.",
+        description="Change that is a cut on a still picture: the mean absolute difference (0-255 levels, largest of "
+        "Y, Cb, Cr) of the quarter of an 8x4 grid's cells that changed most between consecutive 64x36 frames. A "
+        "hard cut scores 50-190, a new text slide 8-9, one more bullet line about 2.4, compression noise under 0.1.",
     )
     adaptive_ratio: float = Field(
-        default=3.0,
-        ge=1,
-        description="A cut must also change this many times more than the median change of the frames around it "
-        "(window_seconds each side), so camera motion and busy scenes do not read as cuts.",
+        default=4.0,
+        ge=0,
+        description="A cut must exceed min_content plus this many times the median change of the frames around it "
+        "(window_seconds each side), so camera motion, busy scenes and a ticking clock in a moving scene are not "
+        "cuts.",
     )
     window_seconds: float = Field(
         default=0.5, gt=0, description="Seconds each side of a frame whose changes set its adaptive baseline."

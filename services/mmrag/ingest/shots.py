@@ -2,8 +2,8 @@
 
 Every frame is decoded once more at 64x36 (FFmpeg scales while decoding; decoding dominates, so taking every
 frame costs about what taking a few per second does, measured in benchmarks/results/ingest_shots.md) and
-compared with the one before it. A cut is a change that is large in itself (``min_content``) and large against
-the changes around it (``adaptive_ratio`` x their median), so motion does not read as cuts; cuts closer than
+compared with the one before it. A cut is a change above ``min_content`` plus ``adaptive_ratio`` times the median
+change around it, so a new slide on a still picture is a cut and motion is not; cuts closer than
 ``min_shot_seconds`` keep only the strongest. Each shot is then split at ``clip_seconds`` with the fixed-window
 rule (:func:`mmrag.ingest.video.clip_windows`), and a piece whose frames all repeat the previous clip's last frame
 is merged into that clip, so a slide held for minutes is one clip. Clip bounds are frame start times, exact.
@@ -12,6 +12,7 @@ is merged into that clip, so a slide held for minutes is one clip. Clip bounds a
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,13 +46,11 @@ class Analysis:
     """Grey 36x64 uint8 frames for ``sig_index``."""
 
 
-def analyse(
-    reader: Any, starts: np.ndarray, signature_fps: float, *, limit: int | None = None
-) -> Analysis:
+def analyse(reader: Any, starts: np.ndarray, signature_fps: float, *, limit: int | None = None) -> Analysis:
     """Decode frames ``0 .. limit-1`` of ``reader`` (already opened at :data:`SIZE`) chunk by chunk.
 
-    A chunk that fails as a whole is read frame by frame; frames that still fail get no change score (no cut
-    next to them) and no signature. Memory: the change array plus ``signature_fps`` small frames a second."""
+    Frames that do not decode (see :func:`_frames`) get no change score (no cut next to them) and no
+    signature. Memory: the change array plus ``signature_fps`` small frames a second."""
     n = len(reader) if limit is None else limit
     change = np.zeros(n, dtype=np.float32)
     sig_idx: list[int] = []
@@ -81,21 +80,19 @@ def analyse(
     )
 
 
-def _frames(reader: Any, idx: Sequence[int]) -> list[np.ndarray | None]:
+def _frames(reader: Any, idx: Sequence[int], *, split: int = 8) -> list[np.ndarray | None]:
+    """Small frames for ``idx``; ``None`` where a frame did not decode. decord fails a whole batch for one bad frame,
+    so a failed batch is retried in ``split`` parts, down to parts of about 32 frames, which are then given up on:
+    one frame at a time would seek back to a keyframe for every frame, minutes on a damaged long video."""
     try:
         batch = reader.get_batch(list(idx))
         arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
         return [_small(arr[j]) for j in range(len(idx))]
     except Exception:
-        pass
-    out: list[np.ndarray | None] = []
-    for i in idx:
-        try:
-            f = reader[i]
-            out.append(_small(f.asnumpy() if hasattr(f, "asnumpy") else np.asarray(f)))
-        except Exception:
-            out.append(None)
-    return out
+        if len(idx) <= 32:
+            return [None] * len(idx)
+    step = -(-len(idx) // split)
+    return [f for lo in range(0, len(idx), step) for f in _frames(reader, idx[lo : lo + step], split=split)]
 
 
 def _small(frame: np.ndarray) -> np.ndarray:
@@ -136,8 +133,9 @@ def near_duplicate(a: np.ndarray, b: np.ndarray, threshold: float) -> bool:
 def find_cuts(change: np.ndarray, starts: np.ndarray, cfg: ShotsConfig) -> list[int]:
     """Frame indices where a new shot starts (not 0), increasing.
 
-    A candidate changes by at least ``min_content`` and by ``adaptive_ratio`` times the median change of the
-    frames within ``window_seconds`` each side (itself excluded). Candidates are taken strongest first; one
+    A cut changes by at least ``min_content + adaptive_ratio * baseline``, the baseline being the median change
+    of the frames within ``window_seconds`` each side (itself excluded): on a still picture (baseline ~0) a new
+    slide is enough, in a moving scene only a jump well above the motion is. Candidates are taken strongest first; one
     within ``min_shot_seconds`` of a taken cut, of the start or of the end is dropped."""
     n = len(change)
     if n < 2:
@@ -151,7 +149,7 @@ def find_cuts(change: np.ndarray, starts: np.ndarray, cfg: ShotsConfig) -> list[
             continue
         around = np.concatenate([change[max(1, i - w) : i], change[i + 1 : i + 1 + w]])
         base = float(np.median(around)) if around.size else 0.0
-        if change[i] >= cfg.adaptive_ratio * base:
+        if change[i] >= cfg.min_content + cfg.adaptive_ratio * base:
             keep.append(int(i))
     end = float(starts[-1]) + (float(starts[-1] - starts[-2]) if n > 1 else 0.0)
     taken: list[int] = []
@@ -182,7 +180,7 @@ def plan_windows(
     bounds = [float(starts[0]), *(float(starts[i]) for i in cuts), t_end]
     sig_t = starts[analysis.sig_index] if analysis.sig_index.size else np.zeros(0)
     out: list[tuple[float, float]] = []
-    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+    for s, e in itertools.pairwise(bounds):
         pieces = windows(e - s, clip_seconds, overlap_seconds, s)
         out.append(pieces[0])
         for ps, pe in pieces[1:]:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shot_videos import CUT_TIMES, cuts_video, long_shot, slides_video
 
 from mmrag.config import IngestConfig, ShotsConfig
 from mmrag.ingest import shots
 from mmrag.ingest.readers import DecodedItem, read_video
 from mmrag.ingest.video import clip_windows
-
-from shot_videos import CUT_TIMES, cuts_video, long_shot, slides_video
 
 pytestmark = pytest.mark.unit
 
@@ -170,3 +169,34 @@ def test_failed_detection_falls_back_to_fixed_windows(write) -> None:  # type: i
     assert [(it.start_s, it.end_s) for it in out] == [(0.0, 4.0), (4.0, 8.0), (8.0, 10.0)]
     assert "shot detection failed (RuntimeError: cannot scale)" in out[0].warnings[0]
     assert out[1].warnings == []
+
+
+class OneBadFrame(SmallFails):
+    """Small frames; ``get_batch`` fails for any batch that holds frame 100, as decord does."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return 300
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.full((36, 64, 3), 200 if i < 150 else 40, np.uint8)
+
+    def get_batch(self, idx: list[int]) -> np.ndarray:
+        self.calls += 1
+        if 100 in idx:
+            raise RuntimeError("Error sending packet")
+        return np.stack([self[i] for i in idx])
+
+
+def test_a_bad_frame_costs_its_neighbourhood_not_the_video() -> None:
+    reader = OneBadFrame()
+    starts = np.arange(300) / 10.0
+    a = shots.analyse(reader, starts, signature_fps=1.0)
+    assert reader.calls < 20, "split retries, not one seek per frame"
+    lost = set(range(96, 128))  # the 32-frame part of the first 256-frame chunk that holds frame 100
+    sig = a.sig_index.tolist()
+    assert not lost & set(sig) and {90, 128} <= set(sig), "signatures resume at the first frame after the loss"
+    assert len(sig) >= 25 and min(np.diff(sig)) == 10
+    assert a.change[150] > 100 and shots.find_cuts(a.change, starts, ShotsConfig()) == [150]
