@@ -11,8 +11,10 @@ is merged into that clip, so a slide held for minutes is one clip. Clip bounds a
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -143,23 +145,35 @@ def find_cuts(change: np.ndarray, starts: np.ndarray, cfg: ShotsConfig) -> list[
     fps = (n - 1) / max(float(starts[-1] - starts[0]), 1e-9)
     w = max(1, round(cfg.window_seconds * fps))
     cand = np.flatnonzero(change >= cfg.min_content)
-    keep = []
-    for i in cand:
-        if i == 0:
-            continue
-        around = np.concatenate([change[max(1, i - w) : i], change[i + 1 : i + 1 + w]])
-        base = float(np.median(around)) if around.size else 0.0
-        if change[i] >= cfg.min_content + cfg.adaptive_ratio * base:
-            keep.append(int(i))
+    cand = cand[cand > 0]
+    # the neighbours of every candidate at once (a moving video makes most frames candidates): a sliding view
+    # over the change curve padded with NaN, the candidate itself and frame 0 (no predecessor) masked out
+    padded = np.concatenate([np.full(w, np.nan), change.astype(np.float64), np.full(w, np.nan)])
+    padded[w] = np.nan
+    view = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1)
+    keep: list[int] = []
+    for lo in range(0, cand.size, 8192):
+        part = cand[lo : lo + 8192]
+        rows = view[part].copy()
+        rows[:, w] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a one- or two-frame video
+            base = np.nan_to_num(np.nanmedian(rows, axis=1), nan=0.0)
+        keep += part[change[part] >= cfg.min_content + cfg.adaptive_ratio * base].tolist()
     end = float(starts[-1]) + (float(starts[-1] - starts[-2]) if n > 1 else 0.0)
-    taken: list[int] = []
+    taken: list[float] = []  # times of the cuts taken, sorted
+    out: list[int] = []
     for i in sorted(keep, key=lambda k: -float(change[k])):
         t = float(starts[i])
         if t - starts[0] < cfg.min_shot_seconds or end - t < cfg.min_shot_seconds:
             continue
-        if all(abs(t - float(starts[j])) >= cfg.min_shot_seconds for j in taken):
-            taken.append(i)
-    return sorted(taken)
+        at = bisect.bisect_left(taken, t)
+        if (at == 0 or t - taken[at - 1] >= cfg.min_shot_seconds) and (
+            at == len(taken) or taken[at] - t >= cfg.min_shot_seconds
+        ):
+            taken.insert(at, t)
+            out.append(i)
+    return sorted(out)
 
 
 def plan_windows(
