@@ -149,6 +149,7 @@ def read_video(
     plan_note = None
     if cfg.shots.enabled:
         # clips follow the content: cut at shot boundaries, static stretches merged (mmrag.ingest.shots)
+        _park(vr)  # its decoder thread would spin through the whole second decode
         small = shots.SIZE
         windows, plan_note = shots.content_windows(
             lambda: open_reader(os.fspath(path), width=small[0], height=small[1], num_threads=num_threads),
