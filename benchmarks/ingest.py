@@ -855,7 +855,18 @@ def markdown(r: dict[str, Any]) -> str:
         "Raw numbers: the JSON file of the same name.",
         "",
     ]
+    lines += shots_section()
     return "\n".join(lines)
+
+
+def shots_section() -> list[str]:
+    """Clips that follow the content: the last ``benchmarks.ingest_shots`` run (its own file and command)."""
+    path = ROOT / "benchmarks" / "results" / "ingest_shots.json"
+    if not path.is_file():
+        return []
+    from benchmarks.ingest_shots import section
+
+    return section(json.loads(path.read_text()))
 
 
 # -------------------------------------------------------------------------------------------------- main

@@ -166,6 +166,29 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def section(r: dict[str, Any]) -> list[str]:
+    """A short summary for benchmarks/results/ingest.md (``benchmarks.ingest`` appends it to its report)."""
+    lines = [
+        "",
+        "## Clips that follow the content (ingest.shots)",
+        "",
+        f"From `{r['command']}` ({r['date']}, load {r['load_average']['start']}); details in ingest_shots.md.",
+        "",
+        "| video | length | clips off -> on | frames off -> on | detection CPU s per video minute | cuts found |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for x in r["videos"]:
+        t = x.get("truth")
+        found = f"{t['found']}/{len(t['cuts'])}" if t else "-"
+        lines.append(
+            f"| {Path(x['video']).name} | {x['seconds']} s | {x['off']['clips']} -> {x['on']['clips']} | "
+            f"{x['off']['frames']} -> {x['on']['frames']} | {x['detection']['cpu_seconds_per_video_minute']} | "
+            f"{found} |"
+        )
+    lines.append("")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ingest_shots", description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", nargs="*", help="videos (default: the corpus's, the sample's, and made ones)")

@@ -1,4 +1,4 @@
-"""Video clips: fixed-length windows over the whole video, a few frames sampled from each (decord).
+"""Video clips: windows over the whole video (fixed, or following the content), a few frames sampled from each.
 
 Decoding goes clip by clip: only one clip's sampled frames are in memory at a time, and decord
 scales them down to ``ingest.max_pixels`` while decoding. decord's ``get_batch`` fails as a whole
@@ -97,6 +97,8 @@ def read_video(
     Clips are ``cfg.clip_seconds`` long, overlap by ``cfg.clip_overlap_seconds`` and cover the whole
     video; each holds ``cfg.frames_per_clip`` frames sampled uniformly (fewer when the clip has
     fewer frames), with their timestamps in ``frame_ts``, scaled to at most ``cfg.max_pixels``.
+    With ``cfg.shots.enabled`` the windows follow the content instead (cuts, long shots split, repeats
+    merged; :mod:`mmrag.ingest.shots`) and a frame nearly identical to the one kept before it is dropped.
     ``num_threads`` is FFmpeg's decoding threads (0: one per core).
     """
     cfg = default_cfg(cfg)
