@@ -19,7 +19,6 @@ from mmrag.ingest.video import clip_windows
 pytestmark = pytest.mark.unit
 
 FPS = 15  # of the lavfi videos
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg makes the test videos")
 
 
 @pytest.fixture(scope="module")
