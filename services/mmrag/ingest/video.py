@@ -191,7 +191,8 @@ def read_video(
             # a near-identical frame adds nothing to the clip but encoder time and stored bytes
             keep = shots.distinct_frames(images, cfg.shots.duplicate_threshold)
             images, good = [images[j] for j in keep], [good[j] for j in keep]
-        notes = [plan_note] if plan_note and k == 0 else []
+        notes = [plan_note] if plan_note else []  # said once, on the first clip that loads
+        plan_note = None
         if failed:
             notes.append(f"{failed} of {len(idx)} sampled frames could not be decoded ({failure})")
         key = images[len(images) // 2]
