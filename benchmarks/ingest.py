@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -158,6 +159,7 @@ def clip_plan(videos: list[Path], cfg: Any) -> dict[str, list[list[int]]]:
     import numpy as np
     from decord import VideoReader, cpu
 
+    from mmrag.ingest import shots
     from mmrag.ingest.video import clip_windows, sample_indices
 
     out = {}
@@ -167,6 +169,12 @@ def clip_plan(videos: list[Path], cfg: Any) -> dict[str, list[list[int]]]:
         ts = np.asarray(vr.get_frame_timestamp(list(range(n))), dtype=np.float64).reshape(n, 2)
         starts = ts[:, 0]
         windows = clip_windows(float(ts[-1, 1] - ts[0, 0]), cfg.clip_seconds, cfg.clip_overlap_seconds, ts[0, 0])
+        if cfg.shots.enabled:  # the clips the reader makes: cut by content (benchmarks/ingest_shots.py for more)
+            w, h = shots.SIZE
+            small = functools.partial(VideoReader, str(v), ctx=cpu(0), width=w, height=h, num_threads=1)
+            windows, _ = shots.content_windows(
+                small, starts, float(ts[-1, 1]), cfg.clip_seconds, cfg.clip_overlap_seconds, cfg.shots, clip_windows
+            )
         out[str(v)] = [sample_indices(starts, w, cfg.frames_per_clip) for w in windows]
     return out
 
@@ -847,7 +855,18 @@ def markdown(r: dict[str, Any]) -> str:
         "Raw numbers: the JSON file of the same name.",
         "",
     ]
+    lines += shots_section()
     return "\n".join(lines)
+
+
+def shots_section() -> list[str]:
+    """Clips that follow the content: the last ``benchmarks.ingest_shots`` run (its own file and command)."""
+    path = ROOT / "benchmarks" / "results" / "ingest_shots.json"
+    if not path.is_file():
+        return []
+    from benchmarks.ingest_shots import section
+
+    return section(json.loads(path.read_text()))
 
 
 # -------------------------------------------------------------------------------------------------- main

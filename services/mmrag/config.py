@@ -319,6 +319,54 @@ class StageResources(_Strict):
     )
 
 
+class ShotsConfig(_Strict):
+    """Clips that follow the content: cuts start new clips, near-identical stretches collapse into one."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Detect shot boundaries on a small (64x36) decode of every frame: a cut starts a new clip, a "
+        "shot longer than clip_seconds is split there, and a clip whose frames all repeat the previous clip's last "
+        "frame is merged into it (a static slide video of N slides gives about N clips). Near-identical frames "
+        "inside a clip are stored once. Off: fixed clip_seconds windows over the whole video, every sampled frame.",
+    )
+    min_content: float = Field(
+        default=2.0,
+        ge=0,
+        description="Change that is a cut on a still picture: the mean absolute difference (0-255 levels, largest of "
+        "Y, Cb, Cr) of the quarter of an 8x4 grid's cells that changed most between consecutive 64x36 frames. A "
+        "hard cut scores 50-190, a new text slide 8-9, one more bullet line about 2.4, compression noise under 0.1.",
+    )
+    adaptive_ratio: float = Field(
+        default=4.0,
+        ge=0,
+        description="A cut must exceed min_content plus this many times the median change of the frames around it "
+        "(window_seconds each side), so camera motion, busy scenes and a ticking clock in a moving scene are not "
+        "cuts.",
+    )
+    window_seconds: float = Field(
+        default=0.5, gt=0, description="Seconds each side of a frame whose changes set its adaptive baseline."
+    )
+    min_shot_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Cuts closer together than this keep only the strongest one, so fast editing or a flicker does "
+        "not produce sliver clips; a shot is never shorter than this (except a video shorter than it).",
+    )
+    duplicate_threshold: float = Field(
+        default=2.5,
+        ge=0,
+        description="Two frames are near-duplicates when no cell of an 8x4 grid over their 64x36 grey versions "
+        "differs by more than this mean absolute level (0-255); a cell catches a local change such as one new "
+        "line of slide text that a whole-frame mean would average away.",
+    )
+    signature_fps: float = Field(
+        default=2.0,
+        gt=0,
+        description="Frames per second kept (64x36 grey, 2.3 kB each) to decide whether a clip repeats the previous "
+        "one; only these are compared.",
+    )
+
+
 class IngestConfig(_Strict):
     """Turning files into rows: rendering, sampling, OCR, embedding."""
 
@@ -346,9 +394,18 @@ class IngestConfig(_Strict):
     max_video_seconds: float = Field(
         default=6 * 3600.0, gt=0, description="Seconds of one video that are read; the rest is reported, not read."
     )
-    clip_seconds: float = Field(default=10.0, gt=0, description="Video clip length.")
+    clip_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Video clip length. With ingest.shots on, the longest a clip of changing content gets: clips "
+        "also end at cuts, and a stretch that repeats the previous clip is merged into it.",
+    )
     clip_overlap_seconds: float = Field(default=0.0, ge=0, description="Overlap between consecutive clips.")
     frames_per_clip: int = Field(default=4, ge=1, le=64, description="Frames sampled uniformly per clip.")
+    shots: ShotsConfig = Field(
+        default_factory=ShotsConfig,
+        description="Shot-boundary detection and near-duplicate skipping for video clips (mmrag.ingest.shots).",
+    )
     ocr: Literal["auto", "always", "never"] = Field(
         default="auto", description="auto: OCR pages without a text layer, images and keyframes."
     )

@@ -1,4 +1,4 @@
-"""Video clips: fixed-length windows over the whole video, a few frames sampled from each (decord).
+"""Video clips: windows over the whole video (fixed, or following the content), a few frames sampled from each.
 
 Decoding goes clip by clip: only one clip's sampled frames are in memory at a time, and decord
 scales them down to ``ingest.max_pixels`` while decoding. decord's ``get_batch`` fails as a whole
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from PIL import Image
 
+from mmrag.ingest import shots
 from mmrag.ingest.common import default_cfg, err_msg, read_head, source_name, thumbnail_png
 from mmrag.ingest.pixels import fit_size
 from mmrag.ingest.records import DecodedItem, DecodeError
@@ -96,6 +97,8 @@ def read_video(
     Clips are ``cfg.clip_seconds`` long, overlap by ``cfg.clip_overlap_seconds`` and cover the whole
     video; each holds ``cfg.frames_per_clip`` frames sampled uniformly (fewer when the clip has
     fewer frames), with their timestamps in ``frame_ts``, scaled to at most ``cfg.max_pixels``.
+    With ``cfg.shots.enabled`` the windows follow the content instead (cuts, long shots split, repeats
+    merged; :mod:`mmrag.ingest.shots`) and a frame nearly identical to the one kept before it is dropped.
     ``num_threads`` is FFmpeg's decoding threads (0: one per core).
     """
     cfg = default_cfg(cfg)
@@ -144,7 +147,23 @@ def read_video(
             with contextlib.suppress(Exception):
                 vr = open_reader(os.fspath(path), width=tw, height=th, num_threads=num_threads)
 
-    windows = clip_windows(min(duration, cfg.max_video_seconds), cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
+    read_s = min(duration, cfg.max_video_seconds)
+    plan_note = None
+    if cfg.shots.enabled:
+        # clips follow the content: cut at shot boundaries, static stretches merged (mmrag.ingest.shots)
+        _park(vr)  # its decoder thread would spin through the whole second decode
+        small = shots.SIZE
+        windows, plan_note = shots.content_windows(
+            lambda: open_reader(os.fspath(path), width=small[0], height=small[1], num_threads=num_threads),
+            starts,
+            t0 + read_s,
+            cfg.clip_seconds,
+            cfg.clip_overlap_seconds,
+            cfg.shots,
+            clip_windows,
+        )
+    else:
+        windows = clip_windows(read_s, cfg.clip_seconds, cfg.clip_overlap_seconds, t0)
     if duration > cfg.max_video_seconds:
         yield DecodeError(
             src,
@@ -167,9 +186,15 @@ def read_video(
             )
             continue
         images = [_bounded(Image.fromarray(f), cfg.max_pixels) for f in frames]
-        notes = []
-        if len(good) < len(idx):
-            notes.append(f"{len(idx) - len(good)} of {len(idx)} sampled frames could not be decoded ({failure})")
+        failed = len(idx) - len(good)
+        if cfg.shots.enabled and len(images) > 1:
+            # a near-identical frame adds nothing to the clip but encoder time and stored bytes
+            keep = shots.distinct_frames(images, cfg.shots.duplicate_threshold)
+            images, good = [images[j] for j in keep], [good[j] for j in keep]
+        notes = [plan_note] if plan_note else []  # said once, on the first clip that loads
+        plan_note = None
+        if failed:
+            notes.append(f"{failed} of {len(idx)} sampled frames could not be decoded ({failure})")
         key = images[len(images) // 2]
         yield DecodedItem(
             modality="clip",
