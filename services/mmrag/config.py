@@ -359,6 +359,13 @@ class ShotsConfig(_Strict):
         "differs by more than this mean absolute level (0-255); a cell catches a local change such as one new "
         "line of slide text that a whole-frame mean would average away.",
     )
+    max_merged_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest clip that repeats are merged into: a static stretch longer than this continues in a "
+        "new clip. Keeps a slide held through minutes of talk citable to the minute, and each clip's transcript "
+        "within what the dense text channel embeds (models.text.max_chunks windows).",
+    )
     signature_fps: float = Field(
         default=2.0,
         gt=0,

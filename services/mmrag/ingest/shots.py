@@ -189,7 +189,8 @@ def plan_windows(
 
     ``windows(duration, clip_seconds, overlap_seconds, t0)`` is the fixed-window rule applied inside each shot
     (overlap stays inside a shot: a cut is a hard boundary). A piece merges into the clip before it, in the same
-    shot, when each of its signatures is a near-duplicate of the last signature that clip holds."""
+    shot, when each of its signatures is a near-duplicate of the last signature that clip holds and the merged clip
+    stays within ``cfg.max_merged_seconds``."""
     cuts = find_cuts(analysis.change, starts, cfg)
     bounds = [float(starts[0]), *(float(starts[i]) for i in cuts), t_end]
     sig_t = starts[analysis.sig_index] if analysis.sig_index.size else np.zeros(0)
@@ -201,7 +202,7 @@ def plan_windows(
             prev_s, prev_e = out[-1]
             ref = np.flatnonzero((sig_t >= prev_s - 1e-9) & (sig_t < prev_e - 1e-9))
             mine = np.flatnonzero((sig_t >= ps - 1e-9) & (sig_t < pe - 1e-9))
-            if ref.size and mine.size:
+            if ref.size and mine.size and pe - prev_s <= cfg.max_merged_seconds + 1e-9:
                 last = analysis.signatures[ref[-1]]
                 if all(near_duplicate(analysis.signatures[k], last, cfg.duplicate_threshold) for k in mine):
                     out[-1] = (prev_s, pe)

@@ -88,6 +88,10 @@ def test_static_slides_give_one_clip_per_slide(videos: dict[str, Path]) -> None:
     assert all(np.abs(a - b).mean() > 1 for a, b in itertools.combinations(shown, 2)), "three different slides"
     off = clips(videos["slides"], clip_seconds=10.0, frames_per_clip=4, shots=ShotsConfig(enabled=False))
     assert len(off) == 8 and all(len(it.images) == 4 for it in off)
+    # a slide held past max_merged_seconds goes on in a new clip (its talk stays citable to the stretch)
+    capped = clips(videos["slides"], clip_seconds=10.0, frames_per_clip=4, shots=ShotsConfig(max_merged_seconds=20))
+    assert bounds(capped)[:3] == [(0.0, 20.0), (20.0, 25.0), (25.0, 45.0)]
+    assert all(e - s <= 20.0 + 1e-6 for s, e in bounds(capped))
 
 
 # ------------------------------------------------------------------------------ planning rules
