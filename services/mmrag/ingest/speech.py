@@ -167,8 +167,8 @@ class SpeechStage:
     """Ray Data stage: append each clip's / audio item's spoken words to its text (rows of other kinds pass).
 
     Input: stream rows (:data:`mmrag.ingest.stages.STREAM_SCHEMA`, with or without the embedded columns), each
-    carrying ``path`` (where its file can be read) and ``content_hash``. A file is transcribed once per actor, when
-    its first item arrives; its transcript is kept for the next batches of the same file (:data:`CACHE_FILES`).
+    carrying ``path`` (where its file can be read), ``source_uri`` and ``content_hash``. A document is transcribed once
+    per actor, when its first item arrives; its transcript is kept for its next batches (:data:`CACHE_FILES`).
     """
 
     def __init__(self, speech_cfg: dict[str, Any], *, transcriber: Transcriber | None = None) -> None:
@@ -193,7 +193,7 @@ class SpeechStage:
         for i, (kind, mod) in enumerate(zip(kinds, mods, strict=True)):
             if kind != "item" or mod not in SPOKEN or starts[i] is None or ends[i] is None:
                 continue
-            tr = self._transcript(paths[i] or uris[i], hashes[i] or uris[i], uris[i])
+            tr = self._transcript(paths[i] or uris[i], f"{uris[i]}\x00{hashes[i]}", uris[i])
             said = window_text(tr.words, starts[i], ends[i])
             if said:
                 texts[i] = merge_text(texts[i], said)
