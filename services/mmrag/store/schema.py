@@ -15,7 +15,7 @@ Three tables:
     ``page``                  1-based page number (pages), else null
     ``start_s`` / ``end_s``   bounds in seconds (clips, audio items), else null
     ``frame_ts``              timestamps (s) of the frames a clip was embedded from
-    ``text``                  text layer, or OCR text (``text_source`` says which)
+    ``text``                  text layer, OCR text and/or spoken words (``text_source``: pdf, ocr, speech; the first)
     ``thumbnail``             PNG bytes: page/image thumbnail or the clip's keyframe
     ``image``                 JPEG of the page / image / keyframe at ``ingest.stored_image_pixels``:
                               what the generator is shown
