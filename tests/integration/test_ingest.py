@@ -170,7 +170,7 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) == {"files", "pages", "images", "clips", "skipped", "errors"}
+    assert set(result) == {"files", "pages", "images", "clips", "audio", "skipped", "errors"}
     store = LanceStore(cfg.store.uri)
     rows = store.table(S.ITEMS).to_arrow().to_pylist()
     assert store.count_items() == expected

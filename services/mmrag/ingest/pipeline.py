@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from mmrag.config import MmragConfig
 from mmrag.ingest import readers, sources
+from mmrag.ingest.speech import check_speech
 from mmrag.runtime import init_ray
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
@@ -269,6 +270,7 @@ def _ingest(
     _check_ocr(cfg)
     t_plan = time.perf_counter()
     tasks, plan_errors, skipped, shown = plan(inputs, cfg, store, collection, names)
+    check_speech(cfg.ingest.speech, [t["doc_kind"] for t in tasks])
     stage_s = {
         "plan": time.perf_counter() - t_plan,
         "read": 0.0,

@@ -80,6 +80,18 @@ def resolve_speech_model(ref: str) -> str:
     return str(path)
 
 
+def check_speech(cfg: SpeechConfig, kinds: Sequence[str]) -> None:
+    """Fail before any work when files with sound are to be read but the speech model cannot be found (a missing
+    package or folder); a hub id is not checked here (it may be in the local cache)."""
+    if cfg.enabled and any(k in ("video", "audio") for k in kinds):
+        path = resolve_speech_model(cfg.model)
+        if path.startswith("/") and not Path(path).is_dir():
+            raise ValueError(
+                f"the speech model folder {path} does not exist: set ingest.speech.model to a CTranslate2 Whisper "
+                "folder, or turn speech off with ingest.speech.enabled: false"
+            )
+
+
 class Transcriber:
     """Whisper over whole files: ``transcribe(path) -> Transcript`` (never raises for bad audio)."""
 

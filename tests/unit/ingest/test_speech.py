@@ -33,6 +33,18 @@ def test_a_segment_without_word_timings_goes_to_every_window_it_covers() -> None
     assert window_text(seg, 25.5, 30.0) == ""
 
 
+def test_a_missing_speech_model_is_said_before_any_work() -> None:
+    from mmrag.ingest.speech import check_speech
+
+    check_speech(SpeechConfig(), ["video"])  # the shipped model is found
+    check_speech(SpeechConfig(model="pkg:no_such_package/model"), ["pdf"])  # no sound: not needed
+    check_speech(SpeechConfig(enabled=False, model="pkg:no_such_package/model"), ["video"])
+    with pytest.raises(ValueError, match=r"no_such_package.*ingest\.speech\.enabled: false"):
+        check_speech(SpeechConfig(model="pkg:no_such_package/model"), ["audio"])
+    with pytest.raises(ValueError, match="does not exist"):
+        check_speech(SpeechConfig(model="/nowhere/whisper"), ["video"])
+
+
 def test_speech_joins_the_items_text_after_its_ocr() -> None:
     assert merge_text("EXIT sign", "please leave") == "EXIT sign\nplease leave"
     assert merge_text("", "please leave") == "please leave"
