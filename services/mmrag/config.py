@@ -348,6 +348,12 @@ class SpeechConfig(_Strict):
     max_audio_seconds: float = Field(
         default=6 * 3600.0, gt=0, description="Seconds of one file's audio transcribed; the rest is not."
     )
+    chunk_seconds: float = Field(
+        default=300.0,
+        ge=5,
+        description="Audio decoded and transcribed at a time (a long track is never whole in memory); words the "
+        "cut may have split are transcribed again with the next chunk.",
+    )
     stage: StageResources = Field(
         default_factory=lambda: StageResources(num_cpus=0.5, concurrency=1, batch_size=4),
         description="The transcription stage (its own Ray Data actors, beside the encoder's, so it never holds "

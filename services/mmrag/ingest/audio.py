@@ -49,15 +49,37 @@ def streams(path: str | os.PathLike[str]) -> tuple[int, int]:
 def decode_audio(
     path: str | os.PathLike[str], *, rate: int = SAMPLE_RATE, max_seconds: float | None = None
 ) -> np.ndarray:
-    """The first audio stream as mono float32 at ``rate`` Hz (at most ``max_seconds`` of it).
+    """The first audio stream as mono float32 at ``rate`` Hz (at most ``max_seconds`` of it); see
+    :func:`iter_audio` for the errors."""
+    return np.concatenate(list(iter_audio(path, rate=rate, max_seconds=max_seconds)))
+
+
+def iter_audio(
+    path: str | os.PathLike[str],
+    *,
+    rate: int = SAMPLE_RATE,
+    max_seconds: float | None = None,
+    block_seconds: float = 60.0,
+) -> Iterator[np.ndarray]:
+    """The first audio stream as mono float32 at ``rate`` Hz, in blocks of about ``block_seconds`` (so a long
+    track is never whole in memory), at most ``max_seconds`` in all.
 
     Raises :class:`AudioError` when there is no audio stream or nothing decodes; frames that fail in the middle
-    (a damaged stretch) are skipped, so a partly corrupt track still gives what is readable."""
+    (a damaged stretch) are skipped, and a track that breaks off later ends there, so a partly corrupt track
+    still gives what is readable."""
     import av
 
     limit = None if max_seconds is None else int(max_seconds * rate)
+    block = max(1, int(block_seconds * rate))
     parts: list[np.ndarray] = []
-    got = 0
+    pending = got = 0
+
+    def take() -> np.ndarray:
+        nonlocal parts, pending
+        out = np.concatenate(parts).astype(np.float32) / 32768.0
+        parts, pending = [], 0
+        return out
+
     try:
         with av.open(os.fspath(path), mode="r", metadata_errors="ignore") as c:
             if not c.streams.audio:
@@ -73,19 +95,26 @@ def decode_audio(
                     continue  # a damaged packet: skip it, keep the rest of the track
                 for out in resampler.resample(frame):
                     arr = out.to_ndarray().reshape(-1)
+                    if limit is not None:
+                        arr = arr[: limit - got]
                     parts.append(arr)
                     got += arr.size
-            for out in resampler.resample(None):  # flush
-                parts.append(out.to_ndarray().reshape(-1))
+                    pending += arr.size
+                if pending >= block:
+                    yield take()
+            if limit is None or got < limit:
+                for out in resampler.resample(None):  # flush
+                    parts.append(out.to_ndarray().reshape(-1))
+                    got += parts[-1].size
     except AudioError:
         raise
     except Exception as e:
-        if not parts:
+        if not got:
             raise AudioError(f"the audio track cannot be decoded ({err_msg(e)[:200]})") from e
-    if not parts:
+    if not got:
         raise AudioError("the audio track holds no samples")
-    audio = np.concatenate(parts).astype(np.float32) / 32768.0
-    return audio[:limit] if limit is not None else audio
+    if parts:
+        yield take()
 
 
 def waveform_image(samples: np.ndarray, size: tuple[int, int] = WAVEFORM_SIZE) -> Image.Image:

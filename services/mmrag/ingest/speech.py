@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Modalities whose items have an audio track to transcribe.
 SPOKEN = frozenset({"clip", "audio"})
+#: Seconds at the end of a chunk whose words are transcribed again with the next chunk (a cut may split a word).
+OVERLAP_S = 3.0
 #: Transcripts an actor keeps (a file's items arrive in several batches, usually one file after another).
 CACHE_FILES = 4
 
@@ -111,20 +113,46 @@ class Transcriber:
         )
 
     def transcribe(self, path: str | os.PathLike[str]) -> Transcript:
-        from mmrag.ingest.audio import AudioError, decode_audio
+        """The file's timed words, ``ingest.speech.chunk_seconds`` of audio at a time: the words of a chunk's last
+        :data:`OVERLAP_S` seconds (which its cut may have split) are dropped and that stretch starts the next chunk."""
+        import numpy as np
+
+        from mmrag.ingest.audio import SAMPLE_RATE, AudioError, iter_audio
 
         t0 = time.perf_counter()
+        words: list[Word] = []
+        seconds = 0.0
+        buf, buf_t0 = np.zeros(0, np.float32), 0.0
+        warning = None
         try:
-            audio = decode_audio(path, max_seconds=self.cfg.max_audio_seconds)
+            for block in iter_audio(path, max_seconds=self.cfg.max_audio_seconds, block_seconds=self.cfg.chunk_seconds):
+                seconds += block.size / SAMPLE_RATE
+                buf = np.concatenate([buf, block])
+                if buf.size >= self.cfg.chunk_seconds * SAMPLE_RATE:
+                    buf, buf_t0 = self._chunk(buf, buf_t0, words, last=False)
+            if buf.size:
+                self._chunk(buf, buf_t0, words, last=True)
         except AudioError as e:
-            return Transcript(warning=f"no transcript: {e}", elapsed_s=time.perf_counter() - t0)
-        seconds = audio.size / 16_000
-        try:
-            words = self.transcribe_samples(audio)
-        except Exception as e:  # a model failure on one file leaves its items without speech, not failed
+            warning = f"no transcript: {e}" if not seconds else f"the transcript stops at {seconds:.0f} s: {e}"
+        except Exception as e:  # a model failure leaves the file's items without (more) words, not failed
             log.exception("transcribing %s failed", path)
-            return Transcript(seconds=seconds, warning=f"no transcript: {type(e).__name__}: {e}")
-        return Transcript(words=words, seconds=seconds, elapsed_s=time.perf_counter() - t0)
+            warning = f"no transcript after {buf_t0:.0f} s: {type(e).__name__}: {e}"
+        return Transcript(words=words, seconds=seconds, warning=warning, elapsed_s=time.perf_counter() - t0)
+
+    def _chunk(self, buf: Any, t0: float, words: list[Word], *, last: bool) -> tuple[Any, float]:
+        """Transcribe ``buf`` (starting at ``t0`` s); add its words to ``words``; return the samples to carry on."""
+        from mmrag.ingest.audio import SAMPLE_RATE
+
+        got = [Word(w.start + t0, w.end + t0, w.text) for w in self.transcribe_samples(buf)]
+        if last:
+            words.extend(got)
+            return buf[:0], t0 + buf.size / SAMPLE_RATE
+        cut = t0 + buf.size / SAMPLE_RATE - OVERLAP_S
+        dropped = [w for w in got if w.end > cut]
+        boundary = min([cut, *(w.start for w in dropped)])
+        boundary = max(boundary, t0 + OVERLAP_S)  # always move on, even through one endless segment
+        words.extend(w for w in got if w.end <= boundary)
+        return buf[int((boundary - t0) * SAMPLE_RATE) :], boundary
 
     def transcribe_samples(self, audio: Any) -> list[Word]:
         """Timed words of 16 kHz mono float32 samples."""

@@ -117,6 +117,19 @@ def test_whisper_finds_each_sentence_at_its_time(whisper: Transcriber, speech) -
     assert window_text(tr.words, spans[0][1] + 1.0, spans[1][0] - 1.0) == ""
 
 
+def test_chunked_transcription_keeps_words_the_cut_would_split(whisper: Transcriber, speech) -> None:
+    """7 s chunks: the second sentence (12-15 s) straddles the cut at 14 s; it is transcribed once, whole."""
+    wav, spans = speech
+    chunked = Transcriber(SpeechConfig(chunk_seconds=7.0), model=whisper.model).transcribe(wav)
+    assert chunked.warning is None and abs(chunked.seconds - 20.0) < 0.1
+    text = " ".join(w.text for w in chunked.words).lower()
+    assert text.count("garden") == 1 and text.count("sunny") == 1, text
+    assert [w.start for w in chunked.words] == sorted(w.start for w in chunked.words)
+    start, end, _ = spans[1]
+    assert "garden" in window_text(chunked.words, start - 0.5, end + 0.5).lower()
+    assert text.count("remember") == 1 and text.count("please") == 1, text  # the sentence once, not twice
+
+
 @pytest.mark.parametrize("tone_hz", [None, 440.0])
 def test_silence_and_a_tone_give_no_words(whisper: Transcriber, tmp_path: Path, tone_hz: float | None) -> None:
     video = silent_video(tmp_path / "quiet.mp4", tone_hz=tone_hz)
