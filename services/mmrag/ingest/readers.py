@@ -10,7 +10,7 @@ raises for bad input; each takes an :class:`mmrag.config.IngestConfig` for its l
 ``read_video``     one item per clip of ``clip_seconds`` (decord)
 ``read_audio``     one ``audio`` item per window of ``clip_seconds`` (PyAV), for audio files and
                    video containers without a video stream
-``detect_kind``    ``pdf`` / ``image`` / ``video`` / None from a file's first bytes
+``detect_kind``    ``pdf`` / ``image`` / ``video`` / ``audio`` / None from a file's first bytes
 ``ocr_image``      tesseract on one image (``""`` where tesseract is not installed)
 =================  ======================================================================
 """

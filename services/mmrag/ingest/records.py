@@ -17,7 +17,7 @@ TextSource = Literal["pdf", "ocr", "speech"]
 ErrorCode = Literal[
     "empty",  # zero bytes
     "too_large",  # over a configured size or pixel limit
-    "unsupported",  # not a PDF, image or video we can read
+    "unsupported",  # not a PDF, image, video or audio file we can read
     "encrypted",  # needs a password
     "corrupt",  # the bytes cannot be parsed (truncated, damaged, wrong checksum)
     "damaged_page",  # one page of an otherwise readable PDF is lost
