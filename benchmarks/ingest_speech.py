@@ -248,10 +248,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         *(
             [
-                f"**Caution: the machine was shared and loaded (1-min load average up to {peak} on {cpus} CPUs) while "
-                "this ran: every wall-clock rate here is far below what the same code does on a quiet machine (compare "
-                "EmbedStage alone with the main table above), and a run of a larger set can finish faster than a "
-                "smaller one (then no steady state is given). The CPU-ms per clip are the steadier numbers.**",
+                f"**Caution: the machine was shared (1-min load average up to {peak} on {cpus} CPUs) while this ran: "
+                "the wall-clock rates are below what the same code does on a quiet machine, and under heavy load a "
+                "run of a larger set can finish faster than a smaller one (then no steady state is given). The CPU-ms "
+                "per clip are the steadier numbers.**",
                 "",
             ]
             if peak > 2 * cpus
