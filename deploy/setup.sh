@@ -7,7 +7,8 @@
 #
 # Installs into the active virtualenv if there is one, else into .venv at the repository root.
 # Installs missing system packages with apt-get (tesseract for OCR; for `test`, chromium for the browser tests of
-# the web page) when run as root or with sudo.
+# the web page, and espeak-ng + ffmpeg, which make the test videos with speech) when run as root or with sudo.
+# Decoding audio and video at run time needs no system package: PyAV and decord carry their own FFmpeg.
 # Re-running is cheap: the pip step is skipped while pyproject.toml is unchanged.
 #
 # Knobs: PYTHON (interpreter for the new venv, default python3.11 or python3),
@@ -28,6 +29,11 @@ apt_pkgs=()
 command -v tesseract >/dev/null 2>&1 || apt_pkgs+=(tesseract-ocr tesseract-ocr-eng)
 # Debian's chromium, driven headless by Playwright (pip, dev extra) in tests/integration/test_web_page.py.
 if [ "$action" = test ] && ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); fi
+# espeak-ng speaks sentences that ffmpeg muxes over frames at known times (tests/media.py: the speech tests).
+if [ "$action" = test ]; then
+  command -v espeak-ng >/dev/null 2>&1 || apt_pkgs+=(espeak-ng)
+  command -v ffmpeg >/dev/null 2>&1 || apt_pkgs+=(ffmpeg)
+fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then
     sudo_cmd=""
@@ -36,7 +42,7 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
     $sudo_cmd apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
   else
-    log "warning: cannot install ${apt_pkgs[*]} (no apt-get or no root); OCR (and the browser tests) will be unavailable"
+    log "warning: cannot install ${apt_pkgs[*]} (no apt-get or no root); OCR (and the browser and speech tests) will be unavailable"
   fi
 fi
 

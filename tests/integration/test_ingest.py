@@ -170,7 +170,7 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) == {"files", "pages", "images", "clips", "skipped", "errors"}
+    assert set(result) == {"files", "pages", "images", "clips", "audio", "skipped", "errors"}
     store = LanceStore(cfg.store.uri)
     rows = store.table(S.ITEMS).to_arrow().to_pylist()
     assert store.count_items() == expected
@@ -197,3 +197,35 @@ def test_cli_json_delete_and_kill_resume(ray_local, corpus: dict[str, Path], cfg
     )
     assert gone.returncode == 0, gone.stderr
     assert LanceStore(cfg.store.uri).count_items() == 11
+
+
+def test_speech_in_a_video_and_an_audio_file_is_searchable(ray_local, cfg, tmp_path: Path) -> None:
+    """espeak-ng sentences at known seconds, muxed over frames, through the Ray Data pipeline (transcription as
+    its own stage) into LanceDB: a spoken phrase finds the clip that holds it, in text and default mode, and an
+    audio-only file becomes audio items with their seconds."""
+    from media import speech_video, speech_wav
+    from mmrag.ingest.pipeline import ingest
+    from mmrag.search import LocalSearcher
+
+    video = tmp_path / "talk.mp4"
+    spans = speech_video(video)  # 30 s: one sentence in each 10 s clip
+    audio = tmp_path / "memo.wav"
+    audio_spans = speech_wav(audio, [(3.0, "The library closes early on Friday evenings.")], duration=16.0)
+    summary = ingest([str(video), str(audio)], cfg, collection="talks")
+    assert summary.errors == [] and summary.clips == 3 and summary.audio == 2
+
+    searcher = LocalSearcher(cfg, reranker=None)
+    for (start, end, sentence), mode in itertools.product(spans, ("text", None)):
+        phrase = " ".join(sentence.rstrip(".").split()[-3:])  # "is sunny today", "the garden plants", ...
+        top = searcher.search(phrase, k=3, collection="talks", mode=mode)[0]
+        assert top["source_uri"].endswith("talk.mp4") and top["modality"] == "clip", (phrase, mode, top)
+        assert top["start_s"] <= start and end <= top["end_s"] + 0.5, (phrase, mode, top)
+    top = searcher.search("library closes early", k=3, collection="talks", mode="text")[0]
+    assert top["modality"] == "audio" and top["source_uri"].endswith("memo.wav")
+    assert top["start_s"] <= audio_spans[0][0] and audio_spans[0][1] <= top["end_s"] + 0.5
+    rows = LanceStore(cfg.store.uri).table(S.ITEMS).to_arrow().to_pylist()
+    texts = {(r["modality"], r["start_s"]): r["text"].lower() for r in rows}
+    assert (
+        "sunny" in texts[("clip", 0.0)] and "garden" in texts[("clip", 10.0)] and "sunny" not in texts[("clip", 10.0)]
+    )
+    assert "library" in texts[("audio", 0.0)] and texts[("audio", 10.0)] == ""  # silence: no words made up

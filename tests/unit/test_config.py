@@ -68,6 +68,7 @@ GPU_TINY_CHANGES = {
     *(f"models.generator.{f}" for f in ("model", "dtype", "device", "enforce_eager")),
     *(f"{d}.{f}" for d in SERVING for f in ("num_cpus", "num_gpus")),
     *(f"ingest.{s}.{f}" for s in INGEST_STAGES for f in ("num_cpus", "num_gpus")),
+    *(f"ingest.speech.{f}" for f in ("model", "device", "compute_type", "stage.num_cpus", "stage.num_gpus")),
 }
 
 

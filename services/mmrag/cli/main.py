@@ -251,15 +251,14 @@ def ingest(
         except ValueError as e:
             console.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from e
-    result = {
-        k: v for k, v in summary.to_dict().items() if k in ("files", "pages", "images", "clips", "skipped", "errors")
-    }
+    shown = ("files", "pages", "images", "clips", "audio", "skipped", "errors")
+    result = {k: v for k, v in summary.to_dict().items() if k in shown}
     if as_json:
         typer.echo(json.dumps(result))
     else:
         typer.echo(
             f"ingested {summary.files} files into {summary.store} (collection {summary.collection}): "
-            f"{summary.pages} pages, {summary.images} images, {summary.clips} clips; "
+            f"{summary.pages} pages, {summary.images} images, {summary.clips} clips, {summary.audio} audio items; "
             f"{summary.skipped} unchanged files skipped; {len(summary.errors)} errors; {summary.seconds:.1f} s"
         )
         for e in summary.errors:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Literal
 
-Kind = Literal["pdf", "image", "video"]
+Kind = Literal["pdf", "image", "video", "audio"]
 
 #: Bytes to read from the start of a file for :func:`detect_kind` (PDF allows junk before ``%PDF-``
 #: in the first 1024 bytes; an MPEG-TS check needs three 188-byte packets).
@@ -21,11 +21,13 @@ _BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 
 
 def detect_kind(head: bytes) -> Kind | None:
-    """``pdf``, ``image`` or ``video`` from a file's first bytes (:data:`HEAD_BYTES` is plenty).
+    """``pdf``, ``image``, ``video`` or ``audio`` from a file's first bytes (:data:`HEAD_BYTES` is plenty).
 
     Images are the formats Pillow reads here (PNG, JPEG, GIF, WebP, TIFF, BMP, AVIF); videos are
-    containers FFmpeg (decord) reads (MP4/MOV/3GP, AVI, Matroska/WebM, MPEG-TS/PS, FLV, ASF/WMV).
-    Anything else, including HEIC and audio-only MP4, is None.
+    containers FFmpeg (decord) reads (MP4/MOV/3GP, AVI, Matroska/WebM, MPEG-TS/PS, FLV, ASF/WMV);
+    audio is what FFmpeg decodes for the transcriber (WAV, MP3, FLAC, M4A/AAC, Ogg). A video container
+    without a video stream is found out when it is opened (it is then read as audio). Anything else,
+    including HEIC, is None.
     """
     if b"%PDF-" in head[:1024]:
         return "pdf"
@@ -33,6 +35,8 @@ def detect_kind(head: bytes) -> Kind | None:
         return "image"
     if _is_video(head):
         return "video"
+    if _is_audio(head):
+        return "audio"
     return None
 
 
@@ -69,6 +73,19 @@ def _is_video(h: bytes) -> bool:
     return _is_mpeg_ts(h, 188, 0) or _is_mpeg_ts(h, 192, 4)
 
 
+def _is_audio(h: bytes) -> bool:
+    if h[:4] == b"RIFF" and h[8:12] == b"WAVE":
+        return True
+    if h.startswith((b"ID3", b"fLaC", b"OggS")):
+        return True
+    if h[4:8] == b"ftyp" and h[8:12] in _AUDIO_BRANDS:
+        return True
+    # a bare MPEG audio frame (MP3 without ID3 tag) or ADTS AAC: 11-bit sync, a layer that is not "reserved"
+    if len(h) < 2 or h[0] != 0xFF:
+        return False
+    return (h[1] & 0xF6) == 0xF0 or ((h[1] & 0xE0) == 0xE0 and (h[1] & 0x06) != 0)
+
+
 def _is_mpeg_ts(h: bytes, packet: int, offset: int) -> bool:
     """MPEG-TS (188-byte packets) or M2TS (192 bytes, 4-byte timestamp first): 0x47 sync bytes."""
     positions = [offset + k * packet for k in range(3)]
@@ -81,15 +98,9 @@ def describe_unknown(head: bytes) -> str:
     what = None
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         what = "a HEIF/HEIC image, which cannot be decoded here: convert it to JPEG or PNG"
-    elif head[4:8] == b"ftyp" and head[8:12] in _AUDIO_BRANDS:
-        what = "an audio-only MP4 (M4A): there are no frames to index"
     elif h[:5].lower() in (b"<!doc", b"<html") or h[:14].lower().startswith(b"<?xml"):
         what = "an HTML/XML document (often an error page saved under a download's name)"
     elif head.startswith(b"PK\x03\x04"):
         what = "a ZIP archive (also .docx/.pptx/.xlsx/.epub): export it to PDF first"
-    elif head.startswith(b"OggS"):
-        what = "an Ogg stream (audio or Theora video), which is not supported"
-    elif head.startswith((b"ID3", b"fLaC")) or (head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
-        what = "an audio file: there are no frames to index"
     prefix = f"it looks like {what}; " if what else ""
-    return f"not a PDF, image or video ({prefix}starts with {head[:16]!r})"
+    return f"not a PDF, image or video, nor an audio file ({prefix}starts with {head[:16]!r})"

@@ -4,6 +4,8 @@
                        whose content is already stored, report unreadable inputs
     ReadStage          render pages / load images / sample clip frames (+ OCR), CPU tasks
     EmbedStage         ColPali-family encoder actors (GPU actors in the gpu profile)
+    SpeechStage        Whisper over videos' and audio files' sound, words onto their clips (own actors)
+    TextEmbedStage     the dense text model over each item's text (text layer, OCR, speech)
     write (driver)     append rows invisible, publish each document once all its rows arrived
     upkeep (driver)    refresh indexes, then compact and drop old versions (``store.writer.optimize_after_ingest``)
 
@@ -29,6 +31,7 @@ import pyarrow.compute as pc
 
 from mmrag.config import MmragConfig
 from mmrag.ingest import readers, sources
+from mmrag.ingest.speech import check_speech
 from mmrag.runtime import init_ray
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
@@ -36,7 +39,7 @@ from mmrag.store.lease import WriterLease
 
 log = logging.getLogger(__name__)
 
-MODALITY_KEYS = {"page": "pages", "image": "images", "clip": "clips"}
+MODALITY_KEYS = {"page": "pages", "image": "images", "clip": "clips", "audio": "audio"}
 
 #: Largest block a stage emits. Each table ReadStage yields (one embed batch of rows, ~0.3 MB a page) then
 #: becomes a block of its own, so embedding and writing start after a document's first pages instead of
@@ -54,6 +57,8 @@ class IngestSummary:
     pages: int = 0
     images: int = 0
     clips: int = 0
+    audio: int = 0
+    """Items of audio-only files (windows of ``ingest.clip_seconds``)."""
     skipped: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     documents: int = 0
@@ -265,6 +270,7 @@ def _ingest(
     _check_ocr(cfg)
     t_plan = time.perf_counter()
     tasks, plan_errors, skipped, shown = plan(inputs, cfg, store, collection, names)
+    check_speech(cfg.ingest.speech, [t["doc_kind"] for t in tasks])
     stage_s = {
         "plan": time.perf_counter() - t_plan,
         "read": 0.0,
@@ -284,7 +290,10 @@ def _ingest(
         store.add_errors(
             [{"collection": collection, "source_uri": e["path"], "reason": e["reason"]} for e in plan_errors], run_id
         )
-    counts = {"files": 0, "files_total": len(tasks), "pages": 0, "images": 0, "clips": 0, "errors": len(plan_errors)}
+    counts = {
+        "files": 0, "files_total": len(tasks), "pages": 0, "images": 0, "clips": 0, "audio": 0,
+        "errors": len(plan_errors),
+    }  # fmt: skip
     if progress:
         progress(counts)
     if not tasks:
@@ -380,6 +389,7 @@ def _ingest(
         stage_s["text_embed"] += time.perf_counter() - t0
     summary.files = counts["files"]
     summary.pages, summary.images, summary.clips = counts["pages"], counts["images"], counts["clips"]
+    summary.audio = counts["audio"]
     summary.stage_seconds = stage_s
     return True
 
@@ -446,6 +456,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
     """Read, embed and text-embed ``tasks`` on Ray Data (actor pools per stage); the stream of output tables."""
     import ray
 
+    from mmrag.ingest.speech import SpeechStage
     from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
 
     init_ray(cfg.server)
@@ -487,6 +498,19 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
         num_gpus=cfg.ingest.embed.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
     )
+    speech = cfg.ingest.speech
+    if speech.enabled and any(t["doc_kind"] in ("video", "audio") for t in tasks):
+        # its own actors after the encoder's: clips are embedded while earlier ones are transcribed, and the
+        # words reach the text before the dense text model reads it
+        ds = ds.map_batches(
+            SpeechStage,
+            fn_constructor_kwargs={"speech_cfg": speech.model_dump()},
+            batch_size=speech.stage.batch_size,
+            batch_format="pyarrow",
+            num_cpus=speech.stage.num_cpus,
+            num_gpus=speech.stage.num_gpus or None,
+            compute=ray.data.ActorPoolStrategy(size=speech.stage.concurrency),
+        )
     if cfg.models.text is not None:
         ds = ds.map_batches(
             TextEmbedStage,

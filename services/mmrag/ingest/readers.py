@@ -8,7 +8,9 @@ raises for bad input; each takes an :class:`mmrag.config.IngestConfig` for its l
 ``read_pdf``       one item per page (PyMuPDF), errors per page
 ``read_image``     one item (Pillow), the first frame of an animation
 ``read_video``     one item per clip of ``clip_seconds`` (decord)
-``detect_kind``    ``pdf`` / ``image`` / ``video`` / None from a file's first bytes
+``read_audio``     one ``audio`` item per window of ``clip_seconds`` (PyAV), for audio files and
+                   video containers without a video stream
+``detect_kind``    ``pdf`` / ``image`` / ``video`` / ``audio`` / None from a file's first bytes
 ``ocr_image``      tesseract on one image (``""`` where tesseract is not installed)
 =================  ======================================================================
 """
@@ -20,6 +22,7 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mmrag.ingest.audio import read_audio, streams
 from mmrag.ingest.common import default_cfg, human_bytes
 from mmrag.ingest.detect import HEAD_BYTES, Kind, describe_unknown, detect_kind
 from mmrag.ingest.image import DECODE_LIMIT_FACTOR, read_image
@@ -49,6 +52,7 @@ __all__ = [
     "ocr_available",
     "ocr_image",
     "read_any",
+    "read_audio",
     "read_image",
     "read_pdf",
     "read_video",
@@ -97,6 +101,12 @@ def read_any(
     elif kind == "image":
         yield from read_image(path, cfg, source=src)
     elif kind == "video":
-        yield from read_video(path, cfg, source=src)
+        n_video, n_audio = streams(path)
+        if n_video == 0 and n_audio > 0:  # a video container holding only sound (an .mp4 of a podcast)
+            yield from read_audio(path, cfg, source=src)
+        else:
+            yield from read_video(path, cfg, source=src)
+    elif kind == "audio":
+        yield from read_audio(path, cfg, source=src)
     else:
         yield DecodeError(src, describe_unknown(head), "unsupported")

@@ -12,12 +12,12 @@ from typing import Literal
 
 from PIL import Image
 
-Modality = Literal["page", "image", "clip"]
-TextSource = Literal["pdf", "ocr"]
+Modality = Literal["page", "image", "clip", "audio"]
+TextSource = Literal["pdf", "ocr", "speech"]
 ErrorCode = Literal[
     "empty",  # zero bytes
     "too_large",  # over a configured size or pixel limit
-    "unsupported",  # not a PDF, image or video we can read
+    "unsupported",  # not a PDF, image, video or audio file we can read
     "encrypted",  # needs a password
     "corrupt",  # the bytes cannot be parsed (truncated, damaged, wrong checksum)
     "damaged_page",  # one page of an otherwise readable PDF is lost
@@ -28,15 +28,16 @@ ErrorCode = Literal[
 
 @dataclass(frozen=True, slots=True)
 class DecodedItem:
-    """One searchable unit decoded from a file: a PDF page, an image, or a video clip."""
+    """One searchable unit decoded from a file: a PDF page, an image, a video clip, or a stretch of an audio file."""
 
     modality: Modality
     source: str
     """The path (or the name given by the caller) the item was read from."""
     index: int
-    """0-based position within the source: page index, clip index, 0 for an image."""
+    """0-based position within the source: page index, clip (or audio window) index, 0 for an image."""
     images: list[Image.Image]
-    """RGB images: the rendered page, the image, or the clip's sampled frames (in time order)."""
+    """RGB images: the rendered page, the image, the clip's sampled frames (in time order), or an audio item's
+    drawn waveform."""
     thumbnail_png: bytes
     """PNG, longest side ``ingest.thumbnail_px``: the page, the image, or the clip's middle frame."""
     width: int
@@ -49,7 +50,8 @@ class DecodedItem:
     """Presentation time in seconds of each frame in ``images`` (clips only), increasing."""
     text: str = ""
     text_source: TextSource | None = None
-    """``pdf`` when ``text`` is the PDF text layer, ``ocr`` when it was recognised, None when empty."""
+    """``pdf`` when ``text`` is the PDF text layer, ``ocr`` when it was recognised, ``speech`` when it was only
+    transcribed, None when empty."""
     warnings: list[str] = field(default_factory=list)
     """Problems that did not stop the item from loading (damaged content, padding, skipped frames)."""
     context: str | None = None

@@ -33,6 +33,8 @@ STREAM_SCHEMA = pa.schema(
         pa.field("collection", pa.string()),
         pa.field("source_uri", pa.string()),
         pa.field("content_hash", pa.string()),
+        # where the file can be read (a staged upload's temporary path): the transcription stage reads it again
+        pa.field("path", pa.string()),
         pa.field("doc_kind", pa.string()),
         pa.field("modality", pa.string()),
         pa.field("index", pa.int32()),
@@ -112,6 +114,7 @@ class ReadStage:
         from mmrag.ingest.sources import local_path
 
         base = {k: doc[k] for k in ("collection", "source_uri", "content_hash", "doc_kind")}
+        base["path"] = doc.get("path") or doc["source_uri"]
         n_items = n_errors = 0
         pending: list[dict[str, Any]] = []
         resumed = time.perf_counter()  # busy time runs from here to the next yield

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 class WarmStages:
     def __init__(self, cfg: MmragConfig) -> None:
+        from mmrag.ingest.speech import SpeechStage
         from mmrag.ingest.stages import EmbedStage, ReadStage, TextEmbedStage
 
         if cfg.models.uses_tiny():
@@ -41,6 +42,7 @@ class WarmStages:
             batch_size=cfg.ingest.embed.batch_size,
         )
         self.text = TextEmbedStage(cfg.models.text.model_dump()) if cfg.models.text is not None else None
+        self.speech = SpeechStage(cfg.ingest.speech.model_dump()) if cfg.ingest.speech.enabled else None
         self.load_s = time.perf_counter() - t0
 
     def __call__(self, tasks: list[dict[str, Any]], cfg: MmragConfig, *, text: bool = True) -> Iterator[pa.Table]:
@@ -51,6 +53,8 @@ class WarmStages:
         for task in tasks:
             for table in self.read(pa.Table.from_pylist([task])):
                 out = self.embed(table)
+                if self.speech is not None:
+                    out = self.speech(out)  # the words join the text before it is published or text-embedded
                 yield self.text(out) if self.text is not None and text else out
 
     def without_text(self, tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator[pa.Table]:

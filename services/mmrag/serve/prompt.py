@@ -169,7 +169,8 @@ def _finite(x: Any) -> float | None:
 
 
 def context_label(n: int, ctx: dict[str, Any]) -> str:
-    """``[n] coin.pdf, page 3`` / ``[n] clip.mp4, 10.0-20.0 s`` / ``[n] photo.jpg``."""
+    """``[n] coin.pdf, page 3`` / ``[n] clip.mp4, 10.0-20.0 s`` / ``[n] talk.mp3, audio 0.0-10.0 s`` /
+    ``[n] photo.jpg``."""
     name = _source_name(ctx.get("source_uri"))
     modality = ctx.get("modality")
     page = ctx.get("page")
@@ -180,6 +181,8 @@ def context_label(n: int, ctx: dict[str, Any]) -> str:
         return f"[{n}] {name}, {start:.1f}-{end:.1f} s"
     if modality == "clip" and start is not None:
         return f"[{n}] {name}, from {start:.1f} s"
+    if modality == "audio" and start is not None and end is not None:
+        return f"[{n}] {name}, audio {start:.1f}-{end:.1f} s"
     return f"[{n}] {name}"
 
 

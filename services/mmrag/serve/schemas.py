@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmrag.config import COLLECTION_PATTERN, Channel, FusionMethod, SearchMode
 
-ModalityName = Literal["page", "image", "clip"]
+ModalityName = Literal["page", "image", "clip", "audio"]
 #: C0 controls but tab, newline and carriage return; DEL; C1 controls. A NUL in a query is never meant.
 CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -158,7 +158,7 @@ class SearchResult(BaseModel):
 
     id: str = Field(description="Item id (stable for one version of a document).")
     score: float = Field(description="Final score (higher is better; scale depends on the last stage).")
-    modality: ModalityName = Field(description="page, image or clip.")
+    modality: ModalityName = Field(description="page, image, clip or audio.")
     source: str = Field(description="Source document URI as ingested.")
     page: int | None = Field(default=None, description="1-based page number for pages.")
     start_s: float | None = Field(default=None, description="Clip start, seconds.")
@@ -246,7 +246,7 @@ class Citation(BaseModel):
     n: int = Field(description="The number the answer uses for this source: [n].")
     cited: bool = Field(description="Whether the answer text cites [n].")
     id: str = Field(description="Item id.")
-    modality: ModalityName = Field(description="page, image or clip.")
+    modality: ModalityName = Field(description="page, image, clip or audio.")
     source: str = Field(description="Source document URI as ingested.")
     page: int | None = Field(default=None, description="1-based page number for pages.")
     start_s: float | None = Field(default=None, description="Clip start, seconds.")
@@ -266,7 +266,7 @@ class ItemInfo(BaseModel):
     doc_id: str | None = Field(
         default=None, description="Its document's id (a clip's: POST /v1/videos/{doc_id}/summary summarises the video)."
     )
-    modality: ModalityName = Field(description="page, image or clip.")
+    modality: ModalityName = Field(description="page, image, clip or audio.")
     source: str = Field(description="Source document URI as ingested.")
     page: int | None = Field(default=None, description="1-based page number for pages.")
     start_s: float | None = Field(default=None, description="Clip start, seconds.")

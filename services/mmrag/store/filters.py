@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mmrag.config import COLLECTION_PATTERN
 
-Modality = Literal["page", "image", "clip"]
+Modality = Literal["page", "image", "clip", "audio"]
 
 #: Longest list a filter may hold (doc ids / source URIs), and longest string in it.
 MAX_FILTER_VALUES = 1000

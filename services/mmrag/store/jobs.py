@@ -46,7 +46,7 @@ def new_job(collection: str, files: list[dict[str, Any]], key_id: str | None) ->
         "started_at": None,
         "finished_at": None,
         "files": [{**f, "state": "queued", "items": 0, "errors": []} for f in files],
-        "counts": {"files": 0, "files_total": len(files), "pages": 0, "images": 0, "clips": 0, "errors": 0},
+        "counts": {"files": 0, "files_total": len(files), "pages": 0, "images": 0, "clips": 0, "audio": 0, "errors": 0},
         "errors": [],
         "timings": {},
         "message": None,

@@ -11,11 +11,11 @@ Three tables:
     ``doc_id``                hash of (collection, source_uri): the document a row belongs to
     ``source_uri``            where the file was read from (absolute path or object-store URI)
     ``content_hash``          sha256 of the file's bytes: a changed file gets new rows
-    ``modality``              ``page`` | ``image`` | ``clip``
+    ``modality``              ``page`` | ``image`` | ``clip`` | ``audio`` (a stretch of an audio-only file)
     ``page``                  1-based page number (pages), else null
-    ``start_s`` / ``end_s``   clip bounds in seconds (clips), else null
+    ``start_s`` / ``end_s``   bounds in seconds (clips, audio items), else null
     ``frame_ts``              timestamps (s) of the frames a clip was embedded from
-    ``text``                  text layer, or OCR text (``text_source`` says which)
+    ``text``                  text layer, OCR text and/or spoken words (``text_source``: pdf, ocr, speech; the first)
     ``thumbnail``             PNG bytes: page/image thumbnail or the clip's keyframe
     ``image``                 JPEG of the page / image / keyframe at ``ingest.stored_image_pixels``:
                               what the generator is shown
@@ -65,8 +65,8 @@ API_KEYS = "api_keys"
 #: The column the dense channel's vector index (LanceDB IVF) is built on, once a collection is large.
 TEXT_VECTOR = "text_vector"
 
-Modality = str  # "page" | "image" | "clip"
-MODALITIES = ("page", "image", "clip")
+Modality = str  # "page" | "image" | "clip" | "audio"
+MODALITIES = ("page", "image", "clip", "audio")
 
 
 #: the int8 copy of the token vectors a new search replica loads instead of the float32 multivectors

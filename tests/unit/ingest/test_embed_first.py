@@ -67,3 +67,25 @@ def test_a_job_embeds_while_another_writer_holds_the_store(stages, tmp_path) -> 
     assert summary.stage_seconds["embed"] > 0 and summary.stage_seconds["text_embed"] > 0
     # the job gave the lease back: another writer takes it at once
     WriterLease(store, purpose="next").acquire().release()
+
+
+def test_the_warm_stages_transcribe_an_upload(stages, tmp_path) -> None:
+    """The ingestion service's path (warm stages, text vectors after publishing) puts the words of an audio file
+    into its items' text, at the item that spans them."""
+    from media import speech_wav
+    from mmrag.ingest.pipeline import ingest
+
+    cfg, warm = stages
+    assert warm.speech is not None
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"uri": str(tmp_path / "db")})})
+    wav = tmp_path / "memo.wav"
+    speech_wav(wav, [(11.0, "Please remember to water the garden plants.")], duration=16.0)
+    summary = ingest(
+        [str(wav)], cfg, collection="c", calibrate=False, optimize=False,
+        runner=warm.without_text, text_after_publish=warm.text, names={str(wav): "upload:memo.wav"},
+    )  # fmt: skip
+    assert summary.audio == 2 and not summary.errors
+    rows = LanceStore.from_config(cfg.store).table("items").to_arrow().to_pylist()
+    text = {r["start_s"]: r["text"] for r in rows}
+    assert "garden" in text[10.0].lower() and text[0.0] == ""
+    assert all(r["text_vector"] is not None for r in rows if r["text"])

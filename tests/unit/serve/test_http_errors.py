@@ -55,7 +55,7 @@ def test_valid_request_passes(client: TestClient) -> None:
         ({"k": 3}, "query"),
         ({"query": "x", "mode": "semantic"}, "mode"),
         ({"query": "x", "collection": "a' OR 1=1"}, "collection"),
-        ({"query": "x", "filters": {"modalities": ["audio"]}}, "filters.modalities.0"),
+        ({"query": "x", "filters": {"modalities": ["video"]}}, "filters.modalities.0"),
         ({"query": "x", "bogus": 1}, "bogus"),
         # strict: no coercion of strings or booleans into numbers
         ({"query": "x", "k": "5"}, "k"),

@@ -191,6 +191,7 @@ const fmtTime = (s) => (s === null || s === undefined ? "" : Math.floor(s / 60) 
 
 function where(item) {
   if (item.modality === "clip") return "clip " + fmtTime(item.start_s) + "–" + fmtTime(item.end_s);
+  if (item.modality === "audio") return "audio " + fmtTime(item.start_s) + "–" + fmtTime(item.end_s);
   if (item.modality === "page") return "page " + item.page;
   return "image";
 }
@@ -210,7 +211,7 @@ function snippetNode(text, spans) {
 function card(item, n) {
   const img = el("img", { alt: "thumbnail of " + baseName(item.source) + ", " + where(item), loading: "lazy", width: 96 });
   setImage(img, item.thumbnail_url);
-  const label = item.modality === "clip" ? "Open the clip's frames" : "Open the page with its evidence";
+  const label = { clip: "Open the clip's frames", audio: "Open the audio item's transcript" }[item.modality] || "Open the page with its evidence";
   const thumb = el("button", { type: "button", class: "thumb", "aria-label": label + " (source " + n + ")", onclick: () => openViewer(item, n) }, img);
   const ev = item.evidence;
   const badges = [el("span", { class: "badge", text: item.modality })];
@@ -302,7 +303,9 @@ async function openViewer(item, n) {
     parts.push(el("div", { class: "frames", role: "list", "aria-label": "sampled frames" }, ...frames));
     if (info.doc_id) parts.push(summaryBox(info.doc_id));
   } else {
-    parts.push(figure(info.image_url, regions, "page image of " + baseName(info.source) + ", " + where(info)));
+    // an audio item's picture is its drawn waveform; its words are the text below
+    const what = info.modality === "audio" ? "waveform of " : "page image of ";
+    parts.push(figure(info.image_url, regions, what + baseName(info.source) + ", " + where(info)));
   }
   const list = regionList(regions.filter((r) => info.modality !== "clip" || r.frame !== null));
   if (list) parts.push(list);
