@@ -27,6 +27,9 @@ from mmrag.store.filters import SearchFilters
 from mmrag.store.search_config import SearchError, SearchIndexConfig
 from mmrag.store.snapshot import Snapshot
 
+#: Modalities the visual channel never returns: their stored picture is a stand-in (audio items: a waveform), so
+#: a visual model's score for them is noise; BM25 and the dense channel find them by their transcript.
+NOT_VISUAL = ("audio",)
 #: Tokens scored per block in the token stage: 8192 x 128 float32 = 4 MiB stays in cache.
 TOKEN_BLOCK = 8192
 
@@ -61,6 +64,8 @@ class Scorer:
         c1 = first_stage_k or cfg.first_stage_k
         c2 = max(exact_k or cfg.exact_k, k)
         mask = snap.mask(filters) & (snap.tok_len > 0)
+        if NOT_VISUAL:  # an audio item's picture is a drawn waveform, nothing a page/frame model should match
+            mask &= ~snap.modality.mask(NOT_VISUAL)
         allowed = np.flatnonzero(mask)
         if not len(allowed):
             return allowed, {}

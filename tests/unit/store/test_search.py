@@ -471,3 +471,20 @@ def test_index_opens_on_a_store_without_tables(tmp_path) -> None:
     _publish(store, [_item("c", "/a.pdf", 0, E[:1])])
     assert index.refresh() is True and len(index) == 1
     assert index.memory_bytes()["tokens"] == DIM  # one int8 token
+
+
+def test_audio_items_are_found_by_words_never_by_their_waveform_picture(store: LanceStore) -> None:
+    """An audio item's stored picture is a drawn waveform: the visual channel leaves it out even when its tokens
+    match the query exactly; its transcript finds it in the text channel."""
+    q = E[0][None]
+    _publish(
+        store,
+        [
+            _item("c", "/talk.wav", 0, q, modality="audio", start_s=0.0, end_s=10.0, text="the spoken budget"),
+            _item("c", "/a.pdf", 0, E[1][None], page=1, text="a page"),
+        ],
+    )
+    store.refresh_text_index()
+    index = SearchIndex.from_store(store)
+    assert [h.source_uri for h in index.search_visual(q, 5, filters=_f())] == ["/a.pdf"]
+    assert [h.modality for h in index.search_text("budget", 5, filters=_f())] == ["audio"]
