@@ -867,6 +867,18 @@ class ServerConfig(_Strict):
     route_prefix: str = Field(default="/", pattern=r"^/", description="Route prefix of the app.")
     max_query_chars: int = Field(default=4096, ge=1, description="Longest accepted query.")
     max_k: int = Field(default=100, ge=1, description="Largest k a request may ask for.")
+    max_query_image_bytes: int = Field(
+        default=8 * 1024**2,
+        ge=1024,
+        description="Largest image a question may carry (/v1/search, /v1/answer, chat image_url parts), decoded "
+        "bytes; the JSON body of such a request may be 4/3 of this plus 64 KiB (base64).",
+    )
+    max_query_image_pixels: int = Field(
+        default=40_000_000,
+        ge=10_000,
+        description="Largest image a question may carry, in pixels, checked from its header before it is decoded "
+        "(a decompression bomb is refused unread); it is then scaled to models.retriever.max_image_pixels.",
+    )
     retry_deadline_s: float = Field(
         default=5.0,
         ge=0,

@@ -72,11 +72,16 @@ def message_text(content: str | list[dict[str, Any]] | None) -> str:
     return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
-def chat_question(messages: Sequence[Any]) -> str:
-    """The text of the last user message of an OpenAI conversation.
+#: The question asked for an image that comes without words.
+IMAGE_QUESTION = "What does the image show, and what do the sources say about it?"
 
-    Raises ValueError (with the message a client needs) when there is none, or when a user message carries an
-    image: mmrag answers from the images it retrieves, not from uploaded ones.
+
+def chat_question(messages: Sequence[Any]) -> str:
+    """The text of the last user message of an OpenAI conversation (:data:`IMAGE_QUESTION` when it is an image
+    alone).
+
+    Raises ValueError (with the message a client needs) when there is none, or when a user message carries a part
+    other than text and ``image_url`` images (checked by :func:`chat_image`).
     """
     last = None
     for m in messages:
@@ -84,17 +89,39 @@ def chat_question(messages: Sequence[Any]) -> str:
             last = m
             if isinstance(m.content, list):
                 for p in m.content:
-                    if isinstance(p, dict) and p.get("type") not in ("text", None):
+                    if isinstance(p, dict) and p.get("type") not in ("text", "image_url", None):
                         raise ValueError(
-                            f"messages: content parts of type {p.get('type')!r} are not supported; mmrag answers "
-                            "from the pages and frames it retrieves, send the question as text"
+                            f"messages: content parts of type {p.get('type')!r} are not supported; send text and "
+                            "images as image_url parts with data URLs"
                         )
     if last is None:
         raise ValueError("messages: there is no user message to answer")
     text = message_text(last.content)
     if not text.strip():
+        if chat_image(messages) is not None:
+            return IMAGE_QUESTION
         raise ValueError("messages: the last user message has no text")
     return text
+
+
+def chat_image(messages: Sequence[Any]) -> str | None:
+    """The image the last user message carries (an ``image_url`` part's URL: a data URL, checked by the gateway),
+    or None. Images of earlier turns are not searched again; more than one in the last message is an error."""
+    last = None
+    for m in messages:
+        if m.role == "user":
+            last = m
+    urls: list[str] = []
+    for p in (last.content if last is not None and isinstance(last.content, list) else []) or []:
+        if isinstance(p, dict) and p.get("type") == "image_url":
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else iu
+            if not isinstance(url, str) or not url:
+                raise ValueError("messages: an image_url part needs image_url.url (a data URL)")
+            urls.append(url)
+    if len(urls) > 1:
+        raise ValueError(f"messages: the last user message carries {len(urls)} images; send one")
+    return urls[0] if urls else None
 
 
 #: A follow-up this short ("and on page 5?") is searched together with the question before it.

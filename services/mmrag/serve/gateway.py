@@ -29,8 +29,9 @@ from mmrag.serve import access, media
 from mmrag.serve import answer as A
 from mmrag.serve.api import api
 from mmrag.serve.documents import DocumentRoutes
-from mmrag.serve.http_layer import ApiError
+from mmrag.serve.http_layer import ApiError, set_query_image_limit
 from mmrag.serve.metrics import GatewayMetrics
+from mmrag.serve.query_image import body_doc, parse_body
 from mmrag.serve.schemas import (
     AnswerRequest,
     AnswerResponse,
@@ -115,6 +116,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             quotas=self.quotas,
             gates=self.gates,
         )
+        set_query_image_limit(srv.max_query_image_bytes)  # a question's image may take the body past 1 MiB
         self.metrics = metrics if metrics is not None else GatewayMetrics()
         from mmrag.serve.retries import Retries
 
@@ -173,8 +175,8 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
 
     async def _check(self, req: SearchRequest) -> str:
         q = req.query.strip()
-        if not q:
-            raise ApiError(400, "invalid_request", "query must not be empty", "query")
+        if not q and req.image is None:
+            raise ApiError(400, "invalid_request", "query must not be empty (or send an image to search by)", "query")
         if len(req.query) > self.cfg.server.max_query_chars:
             raise ApiError(
                 400,
@@ -222,11 +224,15 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         """The collection's calibration record, from the cache refreshed with the collection names."""
         return self._calibrations.get(collection)
 
-    async def run_search(self, req: SearchRequest) -> tuple[list[dict[str, Any]], str, str, dict[str, float], Any]:
+    async def run_search(
+        self, req: SearchRequest, notes: list[str] | None = None
+    ) -> tuple[list[dict[str, Any]], str, str, dict[str, float], Any]:
         """retriever → reranker; returns (hits, mode, collection, timings in ms, the query multivector or None).
 
         Fusion weights and the reranker's weight follow :func:`mmrag.calibration.policy.resolve`: the request,
-        then the config, then the collection's calibration."""
+        then the config, then the collection's calibration. With an image (:mod:`mmrag.serve.query_image`) the
+        visual channel's query is the image's multivector (after the text's, when there is text); what the client
+        should know about that goes into ``notes``."""
         from mmrag.calibration.policy import resolve
         from mmrag.store.fusion import blend_rerank
 
@@ -244,6 +250,19 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         )
         rw = pol.rerank_weight if kind != "none" else 0.0
         mode = req.mode or self.cfg.retriever.default_mode
+        t0 = time.perf_counter()
+        image_mv = None
+        if req.image is not None:
+            from mmrag.serve.query_image import image_query
+
+            image_mv, mode, image_notes = await image_query(
+                req, mode, pol.weights, self._calibration(collection), cfg=self.cfg, retries=self.retries,
+                retriever=self.retriever,
+            )  # fmt: skip
+            if notes is not None:
+                notes.extend(image_notes)
+            if not req.query.strip():
+                rw = 0.0  # nothing for a text reranker to read; visual mode ends in exact MaxSim already
         # Visual mode ends in exact MaxSim already: the maxsim reranker would re-derive the same order, so there is
         # no point in widening the candidate list for it.
         if mode == "visual" and kind == "maxsim":
@@ -251,20 +270,20 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         n = max(req.k, self.cfg.reranker.candidates) if rw > 0 else req.k
         from mmrag.store.search import SearchError
 
-        t0 = time.perf_counter()
+        smode = mode if image_mv is not None else req.mode
         try:
             filters = req.filters.model_dump(exclude_none=True) if req.filters else None
             if self.shards is not None:
                 out = await self.shards.search(
-                    req.query, k=n, collection=collection, mode=req.mode, filters=filters, weights=pol.weights,
-                    fusion=pol.method, rrf_k=self.cfg.retriever.rrf_k,
+                    req.query, k=n, collection=collection, mode=smode, filters=filters, weights=pol.weights,
+                    fusion=pol.method, rrf_k=self.cfg.retriever.rrf_k, query_mv=image_mv,
                 )  # fmt: skip
             else:
                 out = await self.retries.call(
                 "retriever.search",
                     lambda: self.retriever.search.remote(
-                        req.query, k=n, collection=collection, mode=req.mode, filters=filters, weights=pol.weights,
-                        fusion=pol.method,
+                        req.query, k=n, collection=collection, mode=smode, filters=filters, weights=pol.weights,
+                        fusion=pol.method, query_mv=image_mv,
                     ),
                 )  # fmt: skip
         except SearchError as e:  # a search this store cannot run as asked (e.g. dense mode without text vectors)
@@ -352,8 +371,11 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         history: list[dict[str, str]] | None = None,
         search_for: str | None = None,
         evidence: bool = False,
+        image: str | None = None,
     ) -> dict[str, Any]:
-        """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``."""
+        """Search, then the prompt: everything before the generator, with timings (ms) from ``t0``. An ``image``
+        (base64 or data URL) is searched by (:mod:`mmrag.serve.query_image`) and shown to a vision-language
+        generator with the question."""
         if self.generator is None:
             raise ApiError(
                 503,
@@ -362,8 +384,12 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             )
         t0 = time.perf_counter()
         max_tokens = self._max_tokens(max_tokens)
+        if image is not None and not query.strip():
+            query = A.IMAGE_QUESTION
+            search_for = ""  # the image alone is searched; the stand-in question is no query
         sreq = SearchRequest(
-            query=search_for or query,
+            image=image,
+            query=search_for if search_for is not None else query,
             k=k or self.cfg.generator.contexts,
             collection=collection,
             mode=mode,
@@ -373,19 +399,27 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             weights=weights,
             fusion=fusion,
         )
-        hits, mode, collection, st, qmv = await self.run_search(sreq)
+        notes: list[str] = []
+        hits, mode, collection, st, qmv = await self.run_search(sreq, notes)
         t1 = time.perf_counter()
         if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
             messages, n_used = self._build_prompt(query, hits, max_tokens, history)
         else:
             messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens, history)
+        if image is not None:
+            from mmrag.serve.query_image import show_generator
+
+            args = (messages, image, self.cfg, max_tokens, self._count, notes)
+            messages = await asyncio.to_thread(show_generator, *args)
+        if image is not None and qmv is not None:
+            qmv = None  # evidence regions are the words' matches: re-encode the text alone
         timings = {
             "retrieve": st["retrieve"],
             "rerank": st.get("rerank", 0.0),
             "prompt": (time.perf_counter() - t1) * 1e3,
         }
         ev_task = None
-        if evidence:  # beside the generator: the first token does not wait for it
+        if evidence and sreq.query.strip():  # beside the generator: the first token does not wait for it
             ev_task = asyncio.ensure_future(self._evidence(search_for or query, qmv, hits[:n_used]))
             # an answer that fails or is left mid-stream never awaits it: its error must not go unretrieved
             ev_task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -399,6 +433,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             "collection": collection,
             "max_tokens": max_tokens,
             "timings": timings,
+            "notes": notes,
         }
 
     async def _generate(self, prep: dict[str, Any], *, stream: bool, temperature: float, extra: dict[str, Any]) -> Any:
@@ -459,25 +494,37 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         return out
 
     # ------------------------------------------------------------------------------ routes
-    @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
-    async def search(self, req: SearchRequest) -> SearchResponse:
-        """Rank pages, images and clips for a query: visual (late interaction), text (BM25) or hybrid."""
-        hits, mode, collection, timings, qmv = await self._counted("search", self.run_search(req))
+    @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=body_doc(SearchRequest))
+    async def search(self, request: Request) -> SearchResponse:
+        """Rank pages, images and clips for a query (text, an image, or both): visual (late interaction), text (BM25),
+        dense or hybrid. The body is JSON, or multipart/form-data with the image as a file part."""
+        req = await parse_body(request, SearchRequest)
+        notes: list[str] = []
+        hits, mode, collection, timings, qmv = await self._counted("search", self.run_search(req, notes))
         self.metrics.stages("search", {"retrieve": timings["retrieve"], "rerank": timings.get("rerank")})
         results = [self._result(h) for h in hits]
-        if req.evidence:
-            ev, timings["evidence"] = await self._evidence(req.query, qmv, hits)
+        if req.evidence and req.query.strip():
+            # regions are the query words' matches: an image's tokens have no words, so its search re-encodes the text
+            ev, timings["evidence"] = await self._evidence(req.query, qmv if req.image is None else None, hits)
             for r in results:
                 r.evidence = ev.get(r.id)
-        return SearchResponse(results=results, mode=mode, collection=collection, timings_ms=timings)
+        elif req.evidence:
+            notes.append("evidence regions are the query words' matches; an image alone has none")
+        return SearchResponse(results=results, mode=mode, collection=collection, timings_ms=timings, notes=notes)
 
-    @api.post("/v1/answer", response_model=AnswerResponse, responses={200: SSE, **GEN_ERRORS})
-    async def answer(self, req: AnswerRequest) -> Any:
+    @api.post(
+        "/v1/answer",
+        response_model=AnswerResponse,
+        responses={200: SSE, **GEN_ERRORS},
+        openapi_extra=body_doc(AnswerRequest),
+    )
+    async def answer(self, request: Request) -> Any:
         """Answer a question from the retrieved pages, images and clip frames, citing them as [n].
 
         With ``stream: true`` the response is server-sent events: ``token`` ({text}) as the answer is generated,
         then ``citations`` ({citations}), then ``done`` ({finish_reason, usage, timings}); ``error`` ({error})
-        if the generator fails after the stream started."""
+        if the generator fails after the stream started. The question may carry an image (see /v1/search)."""
+        req = await parse_body(request, AnswerRequest)
         return await self._counted("answer", self._answer(req))
 
     async def _answer(self, req: AnswerRequest) -> Any:
@@ -493,6 +540,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             weights=req.weights,
             fusion=req.fusion,
             evidence=req.evidence,
+            image=req.image,
         )
         model = self.cfg.models.generator.served_model_name
         t_gen = time.perf_counter()
@@ -508,6 +556,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
                 collection=prep["collection"],
                 mode=prep["mode"],
                 timings=timings,
+                notes=prep["notes"],
             )
         stream = await self._generate(prep, stream=True, temperature=req.temperature, extra={})
 
@@ -525,7 +574,8 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
                 cites, timings = await self._finish("answer", prep, text, stream.usage, t_gen, t_first)
                 yield A.sse({"citations": cites}, "citations")
                 usage = vars(stream.usage) if stream.usage else None
-                yield A.sse({"finish_reason": stream.finish_reason, "usage": usage, "timings": timings}, "done")
+                done_event = {"finish_reason": stream.finish_reason, "usage": usage, "timings": timings}
+                yield A.sse({**done_event, "notes": prep["notes"]}, "done")
                 done = True
                 self.metrics.request("answer", 200)
             except Exception as e:
@@ -563,8 +613,9 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             )
         try:
             query = A.chat_question(req.messages)
+            image = A.chat_image(req.messages)
             history = A.chat_history(req.messages)
-            search_for = A.search_query(req.messages)
+            search_for = A.search_query(req.messages) if image is None or query != A.IMAGE_QUESTION else None
         except ValueError as e:
             raise ApiError(400, "invalid_request", str(e), "messages") from e
         opts = req.mmrag
@@ -579,6 +630,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             history=history,
             search_for=search_for,
             evidence=bool(opts and opts.evidence),
+            image=image,
         )
         g = self.cfg.generator
         try:
@@ -597,7 +649,12 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             gen = await self._generate(prep, stream=False, temperature=temperature, extra=extra)
             cites, timings = await self._finish("chat", prep, gen.text, gen.usage, t_gen, None)
             return JSONResponse(
-                shape.completion(gen.text, gen.finish_reason, vars(gen.usage), {"citations": cites, "timings": timings})
+                shape.completion(
+                    gen.text,
+                    gen.finish_reason,
+                    vars(gen.usage),
+                    {"citations": cites, "timings": timings, "notes": prep["notes"]},
+                )
             )
         stream = await self._generate(prep, stream=True, temperature=temperature, extra=extra)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -615,7 +672,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
                     yield shape.chunk({"content": delta})
                 cites, timings = await self._finish("chat", prep, "".join(parts), stream.usage, t_gen, t_first)
                 finish = stream.finish_reason or "stop"
-                yield shape.chunk({}, finish, extra={"citations": cites, "timings": timings})
+                yield shape.chunk({}, finish, extra={"citations": cites, "timings": timings, "notes": prep["notes"]})
                 if include_usage:
                     yield shape.chunk(None, usage=vars(stream.usage) if stream.usage else {})
                 done = True

@@ -88,6 +88,16 @@ def set_upload_limit(max_bytes: int) -> None:
     _upload_limit["bytes"] = max_bytes
 
 
+#: Questions may carry an image (``server.max_query_image_bytes``, base64 in JSON: 4/3 of it, plus the rest of the
+#: body), set by the gateway at start (:func:`set_query_image_limit`).
+QUERY_PATH = re.compile(r"/v1/(search|answer|chat/completions)$")
+_query_limit = {"bytes": 0}
+
+
+def set_query_image_limit(max_image_bytes: int) -> None:
+    _query_limit["bytes"] = max_image_bytes * 4 // 3 + 64 * 1024
+
+
 class BodyLimit:
     """413 for a request body over ``max_bytes`` (``ingestor.max_upload_bytes`` for an upload); plain ASGI.
 
@@ -113,6 +123,8 @@ class BodyLimit:
         limit = self.max_bytes
         if scope.get("method") == "POST" and UPLOAD_PATH.search(scope.get("path", "")):
             limit = _upload_limit["bytes"]
+        elif scope.get("method") == "POST" and QUERY_PATH.search(scope.get("path", "")):
+            limit = max(limit, _query_limit["bytes"])
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
                 if not value.isdigit() or int(value) > limit:
@@ -141,4 +153,11 @@ class BodyLimit:
         await self.app(scope, counted, guarded)
 
 
-__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "install_error_handlers", "set_upload_limit"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ApiError",
+    "BodyLimit",
+    "install_error_handlers",
+    "set_query_image_limit",
+    "set_upload_limit",
+]

@@ -111,6 +111,20 @@ class Retriever:
     async def encode(self, query: str) -> np.ndarray:
         return await self._encode(query)
 
+    async def encode_image(self, png: bytes) -> np.ndarray:
+        """An image query's multivector: the image (checked and scaled by the gateway, mmrag.serve.query_image)
+        embedded as ingestion embeds a page."""
+        import asyncio
+        import io
+
+        from PIL import Image
+
+        def run() -> np.ndarray:
+            with Image.open(io.BytesIO(png)) as img:
+                return self.encoder.embed_images([img.convert("RGB")])[0]
+
+        return await asyncio.to_thread(run)
+
     async def encode_query(self, query: str, *, visual: bool, dense: bool) -> tuple[np.ndarray | None, Any]:
         """A sharded search's query vectors, encoded once here for every shard: the multivector (``visual``) and the
         text model's vector (``dense``; None without ``models.text``)."""

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mmrag.config import COLLECTION_PATTERN, Channel, FusionMethod, SearchMode
 
@@ -70,9 +70,22 @@ class SearchFiltersIn(_Req):
 
 
 class SearchRequest(_Req):
-    """POST /v1/search."""
+    """POST /v1/search (JSON, or multipart/form-data: the JSON fields in a part named `request`, or `query` as a
+    field, and the image as a file part named `image`)."""
 
-    query: str = Field(description="What to look for (natural language).")
+    image: str | None = Field(
+        default=None,
+        description="An image to find pages and clips that look like it: base64, or a data URL "
+        "(data:image/png;base64,...); a multipart request sends it as the file part `image`. Its late-interaction "
+        "multivector is the visual channel's query, alone (then the mode is visual) or with the query text's (the "
+        "two are one multivector; the text also feeds BM25 and the dense channel). Remote URLs are refused (the "
+        "server fetches nothing); at most server.max_query_image_bytes and server.max_query_image_pixels.",
+    )
+    query: str = Field(
+        default="",
+        validate_default=True,
+        description="What to look for (natural language); may be empty with an image.",
+    )
     k: int = Field(default=10, ge=1, description="How many results to return (at most server.max_k).")
     collection: str | None = Field(
         default=None, pattern=COLLECTION_PATTERN, description="Collection to search (default: the store's default)."
@@ -116,7 +129,9 @@ class SearchRequest(_Req):
 
     @field_validator("query")
     @classmethod
-    def _query(cls, v: str) -> str:
+    def _query(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip() and info.data.get("image") is None:
+            raise ValueError("must not be empty (or send an image to search by)")
         return no_controls(v)
 
 
@@ -177,12 +192,29 @@ class SearchResponse(BaseModel):
     mode: SearchMode = Field(description="The mode actually used.")
     collection: str = Field(description="The collection searched.")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="Per-stage server time.")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the client should know about how the query was searched (e.g. that the collection's "
+        "calibration gives the visual channel, which the image searches, no weight in hybrid mode).",
+    )
 
 
 class AnswerRequest(_Req):
-    """POST /v1/answer."""
+    """POST /v1/answer (JSON, or multipart/form-data as for /v1/search)."""
 
-    query: str = Field(description="The question (natural language).")
+    image: str | None = Field(
+        default=None,
+        description="An image to find pages and clips that look like it: base64, or a data URL "
+        "(data:image/png;base64,...); a multipart request sends it as the file part `image`. Its late-interaction "
+        "multivector is the visual channel's query, alone (then the mode is visual) or with the query text's (the "
+        "two are one multivector; the text also feeds BM25 and the dense channel). Remote URLs are refused (the "
+        "server fetches nothing); at most server.max_query_image_bytes and server.max_query_image_pixels.",
+    )
+    query: str = Field(
+        default="",
+        validate_default=True,
+        description="The question (natural language); may be empty with an image (then: what it shows).",
+    )
     k: int | None = Field(
         default=None, ge=1, description="Ranked items given to the generator (default generator.contexts)."
     )
@@ -226,7 +258,9 @@ class AnswerRequest(_Req):
 
     @field_validator("query")
     @classmethod
-    def _query(cls, v: str) -> str:
+    def _query(cls, v: str, info: ValidationInfo) -> str:
+        if not v.strip() and info.data.get("image") is None:
+            raise ValueError("must not be empty (or send an image to search by)")
         return no_controls(v)
 
     stream: bool = Field(
@@ -296,6 +330,11 @@ class AnswerResponse(BaseModel):
     """Response of POST /v1/answer (without ``stream``)."""
 
     answer: str = Field(description="The generated answer; [n] marks cite citations[n - 1].")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the client should know about how the question was handled (e.g. that a text-only "
+        "generator could not look at the question's image, which was then used for retrieval only).",
+    )
     citations: list[Citation] = Field(description="The sources given to the generator, in prompt order.")
     model: str = Field(description="Served model name.")
     finish_reason: str | None = Field(default=None, description="stop, or length when max_tokens cut it.")

@@ -53,13 +53,16 @@ class ShardedRetriever:
         fusion: str | None = None,
         rrf_k: int = 60,
         fusion_default: str = "rrf",
+        query_mv: Any = None,
     ) -> dict[str, Any]:
         mode = mode or self.default_mode
         raw = dict(weights) if weights is not None else dict(self.default_weights)
         t0 = time.perf_counter()
         visual = mode == "visual" or (mode == "hybrid" and raw.get("visual", 0) > 0)
         dense = mode == "dense" or (mode == "hybrid" and raw.get("dense", 0) > 0)
-        qmv, qvec = await self._encode(query, visual, dense)
+        qmv, qvec = await self._encode(query, visual and query_mv is None, dense)
+        if query_mv is not None:  # the query's multivector came with it (an image query: mmrag.serve.query_image)
+            qmv = query_mv
         t1 = time.perf_counter()
         args = {"k": k, "collection": collection, "filters": filters, "weights": raw, "fusion": fusion}
         parts = await self._fan_out(query, mode, args, qmv, qvec)

@@ -81,14 +81,37 @@ def test_chat_question_is_the_last_user_text() -> None:
         ([{"role": "system", "content": "hi"}], "no user message"),
         ([{"role": "user", "content": "  "}], "no text"),
         (
-            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
-            "'image_url' are not supported",
+            [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}],
+            "'input_audio' are not supported",
+        ),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "needs image_url.url"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:,{i}"}} for i in (1, 2)]}],
+            "carries 2 images; send one",
         ),
     ],
 )
 def test_chat_question_errors_say_what_is_wrong(messages: list, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         A.chat_question(_chat(messages).messages)
+        A.chat_image(_chat(messages).messages)
+
+
+def test_chat_image_is_the_last_user_turns_and_an_image_alone_gets_a_question() -> None:
+    url = "data:image/png;base64,iVBORw0KGgo="
+    msgs = _chat(
+        [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": "a cup"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "and this?"}, {"type": "image_url", "image_url": {"url": url}}],
+            },
+        ]
+    ).messages
+    assert A.chat_image(msgs) == url and A.chat_question(msgs) == "and this?"
+    alone = _chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]).messages
+    assert A.chat_question(alone) == A.IMAGE_QUESTION
 
 
 def test_chat_request_keeps_unknown_openai_fields_for_passthrough() -> None:
