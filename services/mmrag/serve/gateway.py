@@ -402,15 +402,18 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         notes: list[str] = []
         hits, mode, collection, st, qmv = await self.run_search(sreq, notes)
         t1 = time.perf_counter()
-        if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
-            messages, n_used = self._build_prompt(query, hits, max_tokens, history)
-        else:
-            messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, max_tokens, history)
-        if image is not None:
-            from mmrag.serve.query_image import show_generator
+        shown = None
+        if image is not None:  # a vision-language generator sees it: the sources leave room for it
+            from mmrag.serve.query_image import generator_image, with_image
 
-            args = (messages, image, self.cfg, max_tokens, self._count, notes)
-            messages = await asyncio.to_thread(show_generator, *args)
+            shown = await asyncio.to_thread(generator_image, image, self.cfg, notes)
+        reserve = max_tokens + (shown[1] if shown else 0)
+        if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
+            messages, n_used = self._build_prompt(query, hits, reserve, history)
+        else:
+            messages, n_used = await asyncio.to_thread(self._build_prompt, query, hits, reserve, history)
+        if shown:
+            messages = with_image(messages, shown[0])
         if image is not None and qmv is not None:
             qmv = None  # evidence regions are the words' matches: re-encode the text alone
         timings = {

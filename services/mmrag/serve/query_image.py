@@ -149,45 +149,37 @@ async def image_query(
     return qmv, mode, _notes(mode, weights, calibration)
 
 
-def show_generator(
-    messages: list[dict[str, Any]],
-    image: str,
-    cfg: MmragConfig,
-    max_tokens: int,
-    count_tokens: Any,
-    notes: list[str],
-) -> list[dict[str, Any]]:
-    """``messages`` with the question's image put before the question's words in the last user turn, for a
-    vision-language generator, if it fits ``models.generator.max_model_len`` with ``max_tokens`` to answer in; a
-    text-only generator (or no room) gets the messages unchanged and a note says the image served retrieval only."""
+def generator_image(image: str, cfg: MmragConfig, notes: list[str]) -> tuple[str, int] | None:
+    """The question's image as the generator's prompt takes it, ``(data URL, prompt tokens it costs)``, or None with
+    a note: a text-only generator cannot look at it (it still found the sources)."""
     from mmrag.imaging import prepare_image
     from mmrag.serve.generator import is_vision_model
-    from mmrag.serve.prompt import estimate_prompt_tokens
+    from mmrag.serve.prompt import IMAGE_WRAPPER_TOKENS, PART_SLACK
 
     m = cfg.models.generator
     if not is_vision_model(cfg):
         notes.append(
             f"the generator ({m.model}) reads text only: it did not see the image, which was used to find the sources"
         )
-        return messages
+        return None
     prepared = prepare_image(image_bytes(image, max_bytes=cfg.server.max_query_image_bytes), m.image_max_pixels)
     if prepared is None:  # read_image accepted it for retrieval; the prompt's decoder did not
         notes.append("the image could not be prepared for the generator; it was used to find the sources only")
-        return messages
+        return None
+    return prepared[0], prepared[1] + IMAGE_WRAPPER_TOKENS + 2 * PART_SLACK + 8
+
+
+def with_image(messages: list[dict[str, Any]], data_url: str) -> list[dict[str, Any]]:
+    """``messages`` with the question's image before the question's words in the last user turn (the prompt was
+    built leaving room for it: :func:`generator_image`'s token count)."""
     last = dict(messages[-1])
     content = last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
     last["content"] = [
         {"type": "text", "text": "The image in the question:"},
-        {"type": "image_url", "image_url": {"url": prepared[0]}},
+        {"type": "image_url", "image_url": {"url": data_url}},
         *content,
     ]
-    out = [*messages[:-1], last]
-    if estimate_prompt_tokens(out, count_tokens) + max_tokens > m.max_model_len:
-        notes.append(
-            "the question's image did not fit the generator's context with the sources; it was used to find them only"
-        )
-        return messages
-    return out
+    return [*messages[:-1], last]
 
 
 def _notes(mode: str, weights: dict[str, float] | None, calibration: dict[str, Any] | None) -> list[str]:
@@ -278,9 +270,10 @@ def body_doc(model: type[BaseModel]) -> dict[str, Any]:
 __all__ = [
     "body_doc",
     "check_size",
+    "generator_image",
     "image_bytes",
     "image_query",
     "parse_body",
     "prepare_query_image",
-    "show_generator",
+    "with_image",
 ]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmrag.config import load_config
 from mmrag.serve.http_layer import ApiError, install_error_handlers
-from mmrag.serve.query_image import image_bytes, parse_body, prepare_query_image, show_generator
+from mmrag.serve.query_image import generator_image, image_bytes, parse_body, prepare_query_image, with_image
 from mmrag.serve.schemas import AnswerRequest, SearchRequest
 
 pytestmark = pytest.mark.unit
@@ -136,19 +136,19 @@ def test_answer_takes_an_image_without_words() -> None:
 
 
 def test_a_vision_generator_sees_the_image_a_text_one_gets_a_note() -> None:
+    from mmrag.serve.prompt import estimate_prompt_tokens
+
     msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "what is it?"}]
     image = base64.b64encode(_png()).decode()
     notes: list[str] = []
-    text_cfg = load_config("local-cpu")  # SmolLM2: text only
-    assert show_generator(msgs, image, text_cfg, 32, None, notes) == msgs
+    assert generator_image(image, load_config("local-cpu"), notes) is None  # SmolLM2: text only
     assert "reads text only" in notes[0]
     vl = load_config("local-cpu", {"models": {"generator": {"model": "tiny:qwen2-vl", "max_model_len": 1024}}})
     notes = []
-    out = show_generator(msgs, image, vl, 32, None, notes)
-    assert notes == [] and out[0] == msgs[0]
-    parts = out[-1]["content"]
-    assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/")
-    assert parts[-1] == {"type": "text", "text": "what is it?"}
-    # no room left for it next to the sources: the prompt stays as it was, and the note says so
-    notes = []
-    assert show_generator(msgs, image, vl, 1020, None, notes) == msgs and "did not fit" in notes[0]
+    got = generator_image(image, vl, notes)
+    assert notes == [] and got is not None and got[0].startswith("data:image/")
+    out = with_image(msgs, got[0])
+    assert out[0] == msgs[0] and out[-1]["content"][1] == {"type": "image_url", "image_url": {"url": got[0]}}
+    assert out[-1]["content"][-1] == {"type": "text", "text": "what is it?"}
+    # what the sources leave room for covers what the image adds to the prompt
+    assert estimate_prompt_tokens(out) - estimate_prompt_tokens(msgs) <= got[1]
