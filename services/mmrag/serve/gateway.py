@@ -406,7 +406,7 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
         if image is not None:  # a vision-language generator sees it: the sources leave room for it
             from mmrag.serve.query_image import generator_image, with_image
 
-            shown = await asyncio.to_thread(generator_image, image, self.cfg, notes)
+            shown = await asyncio.to_thread(generator_image, image, self.cfg, notes, self._count)
         reserve = max_tokens + (shown[1] if shown else 0)
         if self.sources.all_cached(hits):  # no store call, no image to resize: cheaper than a hop to a thread
             messages, n_used = self._build_prompt(query, hits, reserve, history)

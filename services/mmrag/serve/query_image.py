@@ -149,12 +149,15 @@ async def image_query(
     return qmv, mode, _notes(mode, weights, calibration)
 
 
-def generator_image(image: str, cfg: MmragConfig, notes: list[str]) -> tuple[str, int] | None:
-    """The question's image as the generator's prompt takes it, ``(data URL, prompt tokens it costs)``, or None with
+INTRO = "The image in the question:"
+
+
+def generator_image(image: str, cfg: MmragConfig, notes: list[str], count_tokens: Any = None) -> tuple[str, int] | None:
+    """The question's image as the generator's prompt takes it, ``(data URL, prompt tokens it adds)``, or None with
     a note: a text-only generator cannot look at it (it still found the sources)."""
     from mmrag.imaging import prepare_image
     from mmrag.serve.generator import is_vision_model
-    from mmrag.serve.prompt import IMAGE_WRAPPER_TOKENS, PART_SLACK
+    from mmrag.serve.prompt import PART_SLACK, estimate_prompt_tokens
 
     m = cfg.models.generator
     if not is_vision_model(cfg):
@@ -166,7 +169,10 @@ def generator_image(image: str, cfg: MmragConfig, notes: list[str]) -> tuple[str
     if prepared is None:  # read_image accepted it for retrieval; the prompt's decoder did not
         notes.append("the image could not be prepared for the generator; it was used to find the sources only")
         return None
-    return prepared[0], prepared[1] + IMAGE_WRAPPER_TOKENS + 2 * PART_SLACK + 8
+    parts = [{"type": "text", "text": INTRO}, {"type": "image_url", "image_url": {"url": prepared[0]}}]
+    empty = estimate_prompt_tokens([{"role": "user", "content": []}], count_tokens)
+    # + the question's own text turning from a string into a part
+    return prepared[0], estimate_prompt_tokens([{"role": "user", "content": parts}], count_tokens) - empty + PART_SLACK
 
 
 def with_image(messages: list[dict[str, Any]], data_url: str) -> list[dict[str, Any]]:
@@ -175,7 +181,7 @@ def with_image(messages: list[dict[str, Any]], data_url: str) -> list[dict[str, 
     last = dict(messages[-1])
     content = last["content"] if isinstance(last["content"], list) else [{"type": "text", "text": last["content"]}]
     last["content"] = [
-        {"type": "text", "text": "The image in the question:"},
+        {"type": "text", "text": INTRO},
         {"type": "image_url", "image_url": {"url": data_url}},
         *content,
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -35,6 +37,18 @@ def client() -> TestClient:
         )
 
     return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _default_query_limit() -> Iterator[None]:
+    """A gateway built by another test sets the image-question body limit process-wide; these tests check the
+    plain limit."""
+    from mmrag.serve import http_layer
+
+    saved = http_layer._query_limit["bytes"]
+    http_layer._query_limit["bytes"] = 0
+    yield
+    http_layer._query_limit["bytes"] = saved
 
 
 def _err(r) -> dict:
