@@ -61,3 +61,13 @@ def test_first_stage_k_is_chosen_for_the_recall_target_and_meets_it() -> None:
 def test_without_a_recall_target_the_configured_size_is_used() -> None:
     index = SearchIndex.from_arrays(["a", "b"], _corpus(2), collection="c", config={"first_stage_k": 7})
     assert index._snap.first_stage_k is None and "calibration" not in index._snap.loaded
+
+
+def test_the_retriever_config_reaches_the_index_config() -> None:
+    from mmrag.config import RetrieverConfig
+    from mmrag.store.search_config import SearchIndexConfig
+
+    cfg = SearchIndexConfig.model_validate(
+        RetrieverConfig(recall_target=0.9, token_tier="disk", token_dir="/data/tok").index_config()
+    )
+    assert (cfg.recall_target, cfg.token_tier, cfg.token_dir) == (0.9, "disk", "/data/tok")
