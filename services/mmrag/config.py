@@ -472,7 +472,8 @@ class RetrieverConfig(DeploymentConfig):
         le=1.0,
         description="When set, each replica chooses first_stage_k at load for this recall@10 (measured on "
         "pseudo-queries sampled from the collection; mmrag.store.calibrate) instead of using first_stage_k. "
-        "0.95 chose 220 at 10k items and 3500 at 100k (benchmarks/results/retrieval_1m.md).",
+        "0.95 chose 220 at 10k items and 3500 at 100k, but overshot at 1M (112,700 where 3000 met it): "
+        "leave it off for large collections (benchmarks/results/retrieval_1m.md).",
     )
     token_tier: Literal["ram", "disk"] = Field(
         default="ram",

@@ -70,7 +70,9 @@ class SearchIndexConfig(BaseModel):
         description="When set, first_stage_k is not taken as given: each full load measures, on the collection "
         "itself, the pooled depth that keeps this share of pseudo-queries' top-10 (by token MaxSim) and uses it "
         "(mmrag.store.calibrate; recorded in the snapshot's `loaded`). The depth a target needs grows with the "
-        "collection (1500 kept 0.998 at 10k items, 0.96 at 100k). A query's own first_stage_k still wins.",
+        "collection (1500 kept 0.998 at 10k items, 0.96 at 100k). A query's own first_stage_k still wins. "
+        "Measured: right-sized at 10k and 100k, far too deep at 1M (112,700 where 3000 met 0.95; "
+        "benchmarks/results/retrieval_1m.md).",
     )
     calibration_sample: int = Field(
         default=10000,
