@@ -600,6 +600,25 @@ class RetrieverConfig(DeploymentConfig):
         "1000, 0.977 with 2000, and 1500 keeps p50 under 50 ms on 2 cores (benchmarks/results/retrieval.md); "
         "small stores are unaffected.",
     )
+    recall_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="When set, each replica chooses first_stage_k at load for this recall@10 (measured on "
+        "pseudo-queries sampled from the collection; mmrag.store.calibrate) instead of using first_stage_k. "
+        "0.95 chose 220 at 10k items and 3500 at 100k, but overshot at 1M (112,700 where 3000 met it): "
+        "leave it off for large collections (benchmarks/results/retrieval_1m.md).",
+    )
+    token_tier: Literal["ram", "disk"] = Field(
+        default="ram",
+        description="Where the token stage's int8 vectors live: ram, or disk (a memory-mapped file under "
+        "token_dir; the replica's RAM then holds the pooled vectors, offsets and metadata only, and the page cache "
+        "the touched tokens). ~11.5 KB per page: use disk for collections near a million pages per replica.",
+    )
+    token_dir: str | None = Field(
+        default=None,
+        description="Local directory for the disk token tier's (unlinked) files; null: the system temp directory.",
+    )
     dense_first_stage: Literal["memory", "index"] = Field(
         default="memory",
         description="Where the dense text channel's first stage runs on large collections: `memory` (the mean "
@@ -628,7 +647,13 @@ class RetrieverConfig(DeploymentConfig):
     def index_config(self, shard: int | None = None) -> dict[str, Any]:
         """The search index's settings this config decides (``SearchIndexConfig`` fields): of the retriever holding
         ``shard`` of ``shards``; None: an index over every item (an in-process searcher)."""
-        out: dict[str, Any] = {"first_stage_k": self.first_stage_k, "dense_ann": self.dense_first_stage == "index"}
+        out: dict[str, Any] = {
+            "first_stage_k": self.first_stage_k,
+            "dense_ann": self.dense_first_stage == "index",
+            "recall_target": self.recall_target,
+            "token_tier": self.token_tier,
+            "token_dir": self.token_dir,
+        }
         if shard is not None:
             out |= {"shard_index": shard, "shard_count": self.shards}
         return out

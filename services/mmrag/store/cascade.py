@@ -6,7 +6,7 @@ which both hold variable-length lists of vectors per item in one flat int8 array
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -27,8 +27,8 @@ def quantise(mv: np.ndarray, store: TokenStore) -> tuple[np.ndarray, np.ndarray 
 
 
 def flat_multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """A ``list<fixed_size_list<float32, dim>>`` column as one float32 ``[total, dim]`` array and the rows' lengths
-    (a null row has length 0)."""
+    """A ``list<fixed_size_list<float32 | float16, dim>>`` column as one float32 ``[total, dim]`` array and the rows'
+    lengths (a null row has length 0)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if len(arr) == 0:
         return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
@@ -36,6 +36,8 @@ def flat_multivectors(column: pa.ChunkedArray | pa.Array, dim: int) -> tuple[np.
         arr = arr.fill_null(pa.scalar([], arr.type))
     offs = arr.offsets.to_numpy()
     flat = arr.values.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)[offs[0] : offs[-1]]
+    if flat.dtype != np.float32:  # a float16 full-precision tier (half the disk of float32): exact maths in float32
+        flat = flat.astype(np.float32)
     return flat, np.diff(offs).astype(np.int64)
 
 
@@ -90,6 +92,7 @@ def make_room(
     start: np.ndarray,
     lens: np.ndarray,
     fresh: np.ndarray,
+    alloc: Any = np.empty,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
     """Room for the ``fresh`` rows' vectors in a flat arena that older snapshots share; returns
     ``(arena, scales, start, used)``.
@@ -97,7 +100,8 @@ def make_room(
     ``start`` holds the kept rows' offsets into ``arena``; ``fresh`` rows get room past ``used`` (the high-water mark
     of the snapshot being replaced), where no older snapshot reads, so the arena is shared and nothing is copied. When
     the tail is too short, or removed rows' holes would pass a quarter of the arena, the live rows are copied into a
-    new arena in row order instead (amortised: it takes many refreshes to fill a quarter).
+    new arena in row order instead (amortised: it takes many refreshes to fill a quarter), made by ``alloc(shape,
+    dtype)`` (:class:`mmrag.store.arena.Arena`: in RAM or a memory-mapped file).
     """
     need = int(lens[fresh].sum())
     live = int(lens.sum())
@@ -108,12 +112,12 @@ def make_room(
     is_fresh = np.zeros(len(lens), bool)
     is_fresh[fresh] = True
     kept = np.flatnonzero(~is_fresh & (lens > 0))
-    out = np.empty((capacity(live), arena.shape[1]), arena.dtype)
+    out = alloc((capacity(live), arena.shape[1]), arena.dtype)
     dst, src = ranges(new_start[kept], lens[kept]), ranges(start[kept], lens[kept])
     out[dst] = arena[src]
     out_scales = None
     if scales is not None:
-        out_scales = np.empty(len(out), scales.dtype)
+        out_scales = alloc((len(out),), scales.dtype)
         out_scales[dst] = scales[src]
     return out, out_scales, new_start, live
 

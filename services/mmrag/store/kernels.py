@@ -61,7 +61,7 @@ class Scorer:
         for name, v in (("first_stage_k", first_stage_k), ("exact_k", exact_k)):
             if v is not None and (not isinstance(v, int | np.integer) or v < 1):
                 raise SearchError(f"{name} must be a positive integer, got {v!r}")
-        c1 = first_stage_k or cfg.first_stage_k
+        c1 = first_stage_k or snap.first_stage_k or cfg.first_stage_k
         c2 = max(exact_k or cfg.exact_k, k)
         mask = snap.mask(filters) & (snap.tok_len > 0)
         if NOT_VISUAL:  # an audio item's picture is a drawn waveform, nothing a page/frame model should match

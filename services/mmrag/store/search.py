@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from mmrag.store import schema as S
+from mmrag.store.calibrate import calibrate
 from mmrag.store.dense import ann_candidates
 from mmrag.store.filters import MAX_FILTER_CHARS, MAX_FILTER_VALUES, Modality, SearchFilters
 from mmrag.store.fulltext import bm25, fts_terms
@@ -175,6 +176,7 @@ class SearchIndex:
             text_vectors=text_vectors,
             token_store=index.config.token_store,
         )
+        index._choose_sizes(index._snap, None)
         return index
 
     # ---------------------------------------------------------------------------------------- refresh
@@ -210,11 +212,27 @@ class SearchIndex:
             pinned = self._open()
             pinned.checkout(latest)
             snap = load_snapshot(pinned, latest, old, self.config, incremental=not force)
+            self._choose_sizes(snap, old)
             self._snap = snap  # one assignment: a search holds either the old snapshot or this one, whole
             self.last_refresh_s = time.perf_counter() - t0
             log.info("search index at version %s: %d items in %.2fs (%s)", latest, snap.n, self.last_refresh_s,
                      snap.loaded)  # fmt: skip
             return True
+
+    def _choose_sizes(self, snap: Snapshot, old: Snapshot | None) -> None:
+        """Stage sizes for ``config.recall_target``: measured on a full load, or when the collection has grown or
+        shrunk by a quarter since they were; else kept from ``old``."""
+        if self.config.recall_target is None:
+            return
+        cal = old.loaded.get("calibration") if old is not None else None
+        if cal and cal.get("items") and abs(snap.n - cal["items"]) <= cal["items"] // 4 and old is not None:
+            snap.first_stage_k, snap.loaded["calibration"] = old.first_stage_k, cal
+            return
+        cal = calibrate(snap, self.config)
+        cal["items"] = snap.n
+        snap.first_stage_k = cal["first_stage_k"]
+        snap.loaded["calibration"] = cal
+        log.info("stage sizes for recall target %s: %s", self.config.recall_target, cal)
 
     # ---------------------------------------------------------------------------------------- visual
     def search_visual(

@@ -38,6 +38,18 @@ class SearchIndexConfig(BaseModel):
         "scale per token), float16, or none (no token stage: the first stage's candidates go straight to the "
         "exact stage, so keep first_stage_k small; for tiny stores or very little RAM).",
     )
+    token_tier: Literal["ram", "disk"] = Field(
+        default="ram",
+        description="Where the token stage's vectors live: ram (anonymous memory), or disk (a memory-mapped, "
+        "unlinked file under token_dir: the process holds only the pooled vectors, offsets and metadata; the "
+        "kernel's page cache keeps the touched pages). At 1M pages the int8 tokens are ~11.5 GB: use disk there "
+        "(benchmarks/results/retrieval_1m.md).",
+    )
+    token_dir: str | None = Field(
+        default=None,
+        description="Directory for the disk token tier's files, on local disk (None: the system's temporary "
+        "directory). The files are unlinked once mapped; they need ~128 bytes + 4 per token of free space.",
+    )
     backend: Literal["auto", "torch", "numpy"] = Field(
         default="auto",
         description="Library for the scoring maths: auto is torch when installed. All three stages use the same "
@@ -51,6 +63,35 @@ class SearchIndexConfig(BaseModel):
         "5x slower on a loaded 2-core machine (each OpenMP barrier waits for a preempted thread); threads that pull "
         "blocks from a queue do not wait for each other.",
     )
+    recall_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="When set, first_stage_k is not taken as given: each full load measures, on the collection "
+        "itself, the pooled depth that keeps this share of pseudo-queries' top-10 (by token MaxSim) and uses it "
+        "(mmrag.store.calibrate; recorded in the snapshot's `loaded`). The depth a target needs grows with the "
+        "collection (1500 kept 0.998 at 10k items, 0.96 at 100k). A query's own first_stage_k still wins. "
+        "Measured: right-sized at 10k and 100k, far too deep at 1M (112,700 where 3000 met 0.95; "
+        "benchmarks/results/retrieval_1m.md).",
+    )
+    calibration_sample: int = Field(
+        default=10000,
+        ge=100,
+        description="Items the recall calibration scores its pseudo-queries against (a uniform sample; the depth "
+        "found there is scaled by collection size / sample). Its cost is linear in this.",
+    )
+    calibration_queries: int = Field(default=24, ge=4, description="Pseudo-queries the recall calibration draws.")
+    calibration_query_tokens: int = Field(
+        default=20, ge=1, description="Tokens per calibration pseudo-query, drawn from one stored item's tokens."
+    )
+    calibration_noise: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="Gaussian noise added to a pseudo-query's tokens before L2-normalising, as a norm relative to "
+        "a unit token (spread dim-wise): stands for the gap between a text query and the page it finds. More "
+        "noise, deeper first stage.",
+    )
+    calibration_seed: int = Field(default=0, description="Seed of the calibration's sampling (reproducible sizes).")
     fusion_depth: int = Field(default=50, ge=1, description="Hits taken from each ranking before hybrid fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     weights: dict[str, float] = Field(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mmrag.store.arena import on_disk
 from mmrag.store.cascade import multivectors as _multivectors
 from mmrag.store.dense import TextVectors
 from mmrag.store.filters import SearchFilters
@@ -122,16 +123,18 @@ class Snapshot:
     schema: pa.Schema | None = None  # the table's schema at ``version``: another one means a full load
     id_array: pa.Array | None = None  # ``ids`` as Arrow strings, for the next refresh's diff
     loaded: dict[str, Any] = field(default_factory=dict)  # how it was built: mode, rows added / kept / removed
+    first_stage_k: int | None = None  # chosen for the config's recall_target at load (None: the config's)
 
     @property
     def n(self) -> int:
         return len(self.ids)
 
     def nbytes(self) -> dict[str, int]:
+        disk = on_disk(self.tokens)
         out = {
             "pooled": self.pooled.nbytes,
-            "tokens": 0 if self.tokens is None else self.tokens[: self.tok_used].nbytes,
-            "token_scales": 0 if self.tok_scale is None else self.tok_scale[: self.tok_used].nbytes,
+            "tokens": 0 if self.tokens is None or disk else self.tokens[: self.tok_used].nbytes,
+            "token_scales": 0 if self.tok_scale is None or disk else self.tok_scale[: self.tok_used].nbytes,
             "offsets": self.tok_start.nbytes + self.tok_len.nbytes,
             "metadata": sum(a.nbytes for a in (self.page, self.start_s, self.end_s, *(c.codes for c in self._codes()))),
         }
@@ -140,6 +143,13 @@ class Snapshot:
         if self.text is not None:
             out["text_vectors"] = self.text.nbytes
         return out
+
+    def disk_nbytes(self) -> dict[str, int]:
+        """Bytes of the token arenas that live in memory-mapped files (``token_tier: disk``), per part."""
+        if not on_disk(self.tokens):
+            return {}
+        scales = 0 if self.tok_scale is None else self.tok_scale[: self.tok_used].nbytes
+        return {"tokens": self.tokens[: self.tok_used].nbytes, "token_scales": scales}
 
     def _codes(self) -> tuple[Codes, ...]:
         return (self.collection, self.modality, self.doc_id, self.source_uri)

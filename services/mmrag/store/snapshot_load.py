@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from mmrag.store import schema as S
 from mmrag.store import tokens as token_copies
+from mmrag.store.arena import RAM, Arena
 from mmrag.store.cascade import TokenStore, capacity, make_room
 from mmrag.store.cascade import fill as _fill
 from mmrag.store.cascade import fill_rows as _fill_rows
@@ -37,6 +38,11 @@ from mmrag.store.shards import keep_shard
 from mmrag.store.snapshot import META, Codes, Fetched, Snapshot, float_column
 
 log = logging.getLogger(__name__)
+
+
+def arena_of(config: SearchIndexConfig) -> Arena:
+    """Where ``config`` puts the token arenas: RAM, or memory-mapped files under ``token_dir``."""
+    return RAM if config.token_tier == "ram" else Arena("disk", config.token_dir)
 
 
 def _visible() -> str:
@@ -123,7 +129,9 @@ def load_snapshot(
             got = table.take_row_ids([int(row_ids[r]) for r in chunk]).select(["id", "multivector"]).to_arrow()
             yield batch_rows(got)
 
-    snap = build_snapshot(meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store)
+    snap = build_snapshot(
+        meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store, alloc=arena_of(config)
+    )
     snap.version, snap.table, snap.has_fts, snap.has_text_ann = version, table, has_fts, has_text_ann
     snap.has_text = np.asarray([t is not None for t in meta.column("text_source").to_pylist()], dtype=bool)
     tdim = S.text_dim_of(schema)
@@ -244,7 +252,9 @@ def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndex
     tok_start[kept] = old.tok_start[src]
     if tokens is not None:
         placed = fresh[tok_len[fresh] > 0]
-        tokens, scales, tok_start, tok_used = make_room(tokens, scales, tok_used, tok_start, tok_len, placed)
+        tokens, scales, tok_start, tok_used = make_room(
+            tokens, scales, tok_used, tok_start, tok_len, placed, arena_of(config)
+        )
         for j, (t, sc) in toks.items():
             st = int(tok_start[fresh[j]])
             tokens[st : st + len(t)] = t
@@ -361,9 +371,12 @@ def build_snapshot(
     fetch: Any,
     old: Snapshot | None,
     store: TokenStore,
+    *,
+    alloc: Arena = RAM,
 ) -> Snapshot:
     """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read; ``fetch(rows)``
-    yields :data:`Fetched` batches for the others (multivectors, or int8 copies with their scales)."""
+    yields :data:`Fetched` batches for the others (multivectors, or int8 copies with their scales); ``alloc`` makes the
+    token arenas (in RAM, or memory-mapped on disk)."""
     ids = meta.column("id").to_pylist()
     n = len(ids)
     tok_len = np.maximum(np.asarray(n_tokens, np.int64), 0)
@@ -378,8 +391,8 @@ def build_snapshot(
     total = int(tok_len.sum())
     from_source: dict[str, int] = {}  # rows' tokens read from the int8 copies / quantised from multivectors
     if store != "none":
-        tokens = np.empty((capacity(total), dim), np.int8 if store == "int8" else np.float16)
-        scales = np.empty(len(tokens), np.float32) if store == "int8" else None
+        tokens = alloc((capacity(total), dim), np.int8 if store == "int8" else np.float16)
+        scales = alloc((len(tokens),), np.float32) if store == "int8" else None
         if reuse and old is not None:
             dst = _ranges(tok_start[new_rows], tok_len[new_rows])
             src = _ranges(old.tok_start[old_rows], tok_len[new_rows])
@@ -487,4 +500,4 @@ def array_snapshot(
     return snap
 
 
-__all__ = ["array_snapshot", "build_snapshot", "load_snapshot", "update_snapshot"]
+__all__ = ["arena_of", "array_snapshot", "build_snapshot", "load_snapshot", "update_snapshot"]

@@ -15,6 +15,7 @@ import pytest
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
 from mmrag.store import tokens as T
+from mmrag.store.arena import Arena, on_disk
 from mmrag.store.cascade import make_room, quantise
 from mmrag.store.search import SearchFilters, SearchIndex
 from mmrag.store.search_config import SearchIndexConfig
@@ -161,6 +162,24 @@ def test_incremental_refresh_equals_a_full_load(store: LanceStore, token_store: 
     _assert_same_as_full(index, store)
 
 
+def test_disk_token_tier_holds_what_the_ram_tier_holds_through_a_refresh(store: LanceStore, tmp_path) -> None:
+    cfg = {"exact_k": 3, "first_stage_k": 8}
+    disk = SearchIndex.from_store(store, {**cfg, "token_tier": "disk", "token_dir": str(tmp_path / "tok")})
+    ram = SearchIndex.from_store(store, cfg)
+    # memory-mapped, unlinked files: not counted in the index's RAM, nothing left in the directory
+    assert on_disk(disk._snap.tokens) and on_disk(disk._snap.tok_scale) and not on_disk(ram._snap.tokens)
+    assert disk.memory_bytes()["tokens"] == 0 and disk._snap.disk_nbytes()["tokens"] == ram.memory_bytes()["tokens"]
+    assert list((tmp_path / "tok").iterdir()) == []
+    assert _per_item(disk._snap) == _per_item(ram._snap)
+    _write(store, _doc("/c.pdf", 7, seed=3))  # appended past the high-water mark, into the mapped file
+    disk.refresh(), ram.refresh()
+    assert disk._snap.loaded["mode"] == "incremental" and disk._snap.tokens is not None
+    assert _per_item(disk._snap) == _per_item(ram._snap)
+    f = SearchFilters(collection="c")
+    q = _unit(np.random.default_rng(9).standard_normal((3, DIM)))
+    assert [h.id for h in disk.search_visual(q, 5, filters=f)] == [h.id for h in ram.search_visual(q, 5, filters=f)]
+
+
 def test_refresh_after_compaction_reads_new_row_ids(store: LanceStore) -> None:
     index = SearchIndex.from_store(store, {"exact_k": 3, "first_stage_k": 8})
     for k, uri in enumerate(["/c.pdf", "/d.pdf", "/e.pdf"]):
@@ -210,7 +229,7 @@ def test_mostly_new_items_load_in_full(store: LanceStore) -> None:
     _assert_same_as_full(index, store, mode="full")
 
 
-def test_arena_appends_in_place_and_compacts_when_holes_pile_up() -> None:
+def test_arena_appends_in_place_and_compacts_when_holes_pile_up(tmp_path) -> None:
     arena = np.arange(20, dtype=np.int8).reshape(10, 2)
     lens = np.array([2, 3, 0], np.int64)
     start = np.array([0, 2, 0], np.int64)  # rows 0, 1 kept; row 2 fresh but empty
@@ -227,6 +246,14 @@ def test_arena_appends_in_place_and_compacts_when_holes_pile_up() -> None:
     assert out is not arena and start2.tolist() == [0, 2] and used == 5
     np.testing.assert_array_equal(out[:2], arena[7:9])
     np.testing.assert_array_equal(sc[:2], scales[7:9])
+
+    # the disk tier: the new arena is a memory-mapped file with the same contents
+    disk = Arena("disk", str(tmp_path))
+    out, sc, start2, used = make_room(arena, scales, 9, np.array([7, 0]), lens, np.array([1]), disk)
+    assert on_disk(out) and on_disk(sc) and start2.tolist() == [0, 2] and used == 5
+    np.testing.assert_array_equal(out[:2], arena[7:9])
+    np.testing.assert_array_equal(sc[:2], scales[7:9])
+    assert list(tmp_path.iterdir()) == []  # unlinked once mapped
 
 
 def test_codes_drop_values_nobody_uses_any_more() -> None:
