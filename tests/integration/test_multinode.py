@@ -2,7 +2,8 @@
 custom resource ``mmrag_serve``, label ``mmrag-role=serve``) and an ingestion node (a worker, ``mmrag_ingest``,
 ``mmrag-role=ingest``), each started with ``ray start``. Ray Data ingestion is placed on the ingestion node by custom
 resources and the Serve app on the serving node by label selectors (each mechanism proven once), both against one
-LanceDB URI; Ray's state API says where each actor ran, and a search finds the ingested pages.
+LanceDB URI (a local path, then an S3 bucket on moto's S3-compatible server); Ray's state API says where each actor
+ran, and a search finds the ingested pages.
 
 The cluster is this module's own: its own ports and temp dir, stopped by killing only the processes that hold that
 temp dir (never ``ray stop``: other Ray clusters may run beside it)."""
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,8 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = {"mmrag-role": "serve"}
 INGEST = {"mmrag_ingest": 0.1}
+#: moto's test credentials, in the environment of the nodes and the driver (never in the config)
+S3_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def _free_port() -> int:
@@ -79,11 +83,28 @@ def _stop(temp_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """An S3-compatible server on a free port (moto, in this process) with an empty bucket ``mmrag``; yields the
+    store's storage_options, less the credentials, which go in the nodes' environment as they would in a cluster."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] (the dev extra) runs the S3 server")
+    import boto3
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **S3_KEYS).create_bucket(Bucket="mmrag")
+    yield {"aws_endpoint": endpoint, "aws_region": "us-east-1", "allow_http": "true"}
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def cluster():
     """(GCS address, dashboard URL, temp dir, auth mode) of a head (serving) and a worker (ingestion) node."""
     temp_dir = tempfile.mkdtemp(prefix="mmrag-mn-", dir="/tmp")  # short: Ray's socket paths live under it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update({k.upper(): v for k, v in S3_KEYS.items()})
     from ray._raylet import AuthenticationTokenLoader
 
     if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
@@ -109,9 +130,10 @@ def cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def deployed(cluster, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
-    """coin.pdf ingested on the ingestion node, the app serving it from the serving node; yields (url, summary)."""
+@pytest.fixture(scope="module", params=["path", "s3"])
+def deployed(request, cluster, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
+    """coin.pdf ingested on the ingestion node, the app serving it from the serving node, through one store URI: a
+    path both nodes reach (as a shared volume would be), or an S3 bucket; yields (url, summary)."""
     import ray
     from ray import serve
     from ray._raylet import Config
@@ -122,12 +144,16 @@ def deployed(cluster, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
     address, _, _, auth = cluster
     d = tmp_path_factory.mktemp("multinode")
     shutil.copy(DATA / "coin.pdf", d / "coin.pdf")
+    if request.param == "s3":
+        store = {"uri": f"s3://mmrag/{d.name}", "storage_options": request.getfixturevalue("s3")}
+    else:
+        store = {"uri": str(d / "db")}
     stage = {"num_cpus": 0.25, "concurrency": 1, "resources": INGEST}
     on_serve = {"num_replicas": 1, "autoscaling": None, "num_cpus": 0.1, "label_selector": SERVE}
     cfg = load_config(
         "local-cpu",
         {
-            "store": {"uri": str(d / "db")},  # one URI for both nodes (a path both reach, as a shared volume would be)
+            "store": store,
             "ingest": {"ocr": "never", "read": {**stage, "batch_size": 1}, "embed": stage, "text_embed": stage},
             "generator": {"engine": "none"},
             "ingestor": {"enabled": False},
@@ -137,10 +163,12 @@ def deployed(cluster, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             "server": {"port": _free_port(), "ingress": "proxy"},
         },
     )
-    os.environ["RAY_ADDRESS"] = address  # init_ray joins it, as `mmrag ingest` / `mmrag serve` do
-    if auth:  # a driver joining by address does not turn it on by itself either: as in a cluster's environment
-        os.environ["RAY_AUTH_MODE"] = auth
-        Config.initialize("")  # Ray caches the mode per process: re-read it
+    env = {"RAY_ADDRESS": address, **{k.upper(): v for k, v in S3_KEYS.items()}}  # init_ray joins it; the driver
+    if auth:  # writes the store. A driver joining by address does not turn token auth on by itself either.
+        env["RAY_AUTH_MODE"] = auth
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    Config.initialize("")  # Ray caches the auth mode per process: re-read it
     try:
         ray.init(address=address, log_to_driver=False)
         summary = ingest([str(d / "coin.pdf")], cfg, collection="docs", calibrate=False)
@@ -151,10 +179,12 @@ def deployed(cluster, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
         serve.shutdown()
     finally:
         ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
-        if auth:
-            os.environ.pop("RAY_AUTH_MODE", None)
-            Config.initialize("")
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        Config.initialize("")
 
 
 def test_ingestion_and_serving_run_on_their_own_nodes_against_one_store(cluster, deployed) -> None:
