@@ -302,8 +302,54 @@ class ModelsConfig(_Strict):
         return list(dict.fromkeys(m.model for m in (self.retriever, self.generator) if m.model.startswith(REAL_PREFIX)))
 
 
+# ------------------------------------------------------------------------------------ placement
+class NodePlacement(_Strict):
+    """Which Ray nodes an actor may run on: custom resources and node labels, as the nodes were started with
+    (``ray start --resources='{"mmrag_ingest": 1}' --labels=mmrag-role=ingest``, a KubeRay group's
+    ``rayStartParams``). With neither, Ray places the actor on any node with room."""
+
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each actor reserves, e.g. {mmrag_ingest: 0.01}: it then runs only on nodes "
+        "started with that resource (`ray start --resources`), and the node's amount bounds how many fit there.",
+    )
+    label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels each actor requires, e.g. {mmrag-role: ingest} (nodes started with "
+        "`ray start --labels mmrag-role=ingest`); values take Ray's selector syntax: `v`, `!v`, `in(a,b)`, `!in(a,b)`.",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _own_resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"resources: {name} is a built-in resource; set it with num_cpus/num_gpus/memory")
+            if amount < 0:
+                raise ValueError(f"resources.{name} is {amount}; a resource amount cannot be negative")
+        return v
+
+    @field_validator("label_selector")
+    @classmethod
+    def _ray_selector(cls, v: dict[str, str]) -> dict[str, str]:
+        from ray._private.label_utils import validate_label_selector  # Ray's own rules, the ones `ray start` applies
+
+        if v and (err := validate_label_selector(v)):
+            raise ValueError(f"label_selector: {err}")
+        return v
+
+    def placement_options(self) -> dict[str, Any]:
+        """``resources`` and ``label_selector`` as Ray's actor options (only those set)."""
+        opts: dict[str, Any] = {}
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        if self.label_selector:
+            opts["label_selector"] = dict(self.label_selector)
+        return opts
+
+
 # -------------------------------------------------------------------------------------- ingest
-class StageResources(_Strict):
+class StageResources(NodePlacement):
     """Where a Ray Data stage runs and how wide."""
 
     num_cpus: float = Field(default=1.0, ge=0, description="CPUs per task/actor.")
@@ -518,8 +564,8 @@ class AutoscalingConfig(_Strict):
         return self
 
 
-class DeploymentConfig(_Strict):
-    """Replicas and resources of one Serve deployment."""
+class DeploymentConfig(NodePlacement):
+    """Replicas, resources and node placement of one Serve deployment."""
 
     num_replicas: int | None = Field(
         default=1, ge=1, description="Fixed replica count; null to use autoscaling instead."
@@ -551,7 +597,7 @@ class DeploymentConfig(_Strict):
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
-        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, **self.placement_options()}
         if self.memory_bytes:
             actor["memory"] = self.memory_bytes
         opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests}

@@ -192,3 +192,27 @@ def test_an_override_picks_the_scaling_mode(tmp_path) -> None:
     both = {"retriever": {"num_replicas": 2, "autoscaling": {"max_replicas": 2}}}
     with pytest.raises(C.ConfigError, match="not both"):
         C.load_config(str(prof), both, use_env=False)
+
+
+@pytest.mark.parametrize(
+    ("section", "bad", "says"),
+    [
+        ("retriever", {"label_selector": {"mmrag role": "serve"}}, "label_selector"),
+        ("retriever", {"label_selector": {"mmrag-role": "in(serve"}}, "label selector value"),
+        ("gateway", {"resources": {"CPU": 1}}, "num_cpus"),
+        ("reranker", {"resources": {"mmrag_serve": -1}}, "negative"),
+    ],
+)
+def test_node_placement_is_checked_where_it_is_written(section: str, bad: dict, says: str) -> None:
+    with pytest.raises(C.ConfigError, match=f"(?s){section}.*{says}"):
+        C.load_config("local-cpu", {section: bad})
+
+
+def test_ingest_stages_take_node_placement() -> None:
+    embed = {"resources": {"mmrag_ingest": 0.1}, "label_selector": {"mmrag-role": "ingest"}}
+    cfg = C.load_config("local-cpu", {"ingest": {"embed": embed}})
+    assert cfg.ingest.embed.placement_options() == {
+        "resources": {"mmrag_ingest": 0.1},
+        "label_selector": {"mmrag-role": "ingest"},
+    }
+    assert cfg.ingest.read.placement_options() == {}  # unset: Ray places the stage anywhere, as before

@@ -480,6 +480,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=cfg.ingest.read.num_cpus,
+        **cfg.ingest.read.placement_options(),  # ingestion nodes only, when the profile says so
         # one file at a time per reader: a reader takes the next file when it is free, so one long PDF
         # does not leave files queued behind it while another reader idles
         compute=ray.data.ActorPoolStrategy(size=cfg.ingest.read.concurrency, max_tasks_in_flight_per_actor=1),
@@ -495,6 +496,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
         batch_size=cfg.ingest.embed.batch_size,
         batch_format="pyarrow",
         num_cpus=cfg.ingest.embed.num_cpus,
+        **cfg.ingest.embed.placement_options(),  # ingestion nodes only, when the profile says so
         num_gpus=cfg.ingest.embed.num_gpus or None,
         compute=ray.data.ActorPoolStrategy(size=cfg.ingest.embed.concurrency),
     )
@@ -518,6 +520,7 @@ def _ray_data_batches(tasks: list[dict[str, Any]], cfg: MmragConfig) -> Iterator
             batch_size=cfg.ingest.text_embed.batch_size,
             batch_format="pyarrow",
             num_cpus=cfg.ingest.text_embed.num_cpus,
+            **cfg.ingest.text_embed.placement_options(),  # ingestion nodes only, when the profile says so
             num_gpus=cfg.ingest.text_embed.num_gpus or None,
             compute=ray.data.ActorPoolStrategy(size=cfg.ingest.text_embed.concurrency),
         )

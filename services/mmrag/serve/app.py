@@ -29,6 +29,8 @@ PLACEMENT_FIELDS = (
     "memory_bytes",
     "max_ongoing_requests",
     "max_queued_requests",
+    "resources",
+    "label_selector",
 )
 
 

@@ -106,6 +106,10 @@ def build_llm_config(cfg: MmragConfig) -> LLMConfig:
     actor = dict(opts.pop("ray_actor_options"))
     actor["num_gpus"] = 0
     deployment_config: dict[str, Any] = {**opts, "ray_actor_options": actor}
+    if selector := actor.pop("label_selector", None):
+        # The replica runs in the engine's placement group (its custom resources are merged into the first bundle by
+        # Ray Serve LLM), so the node labels go on the bundles: one selector, which Serve applies to every bundle.
+        deployment_config["placement_group_bundle_label_selector"] = [selector]
 
     env: dict[str, str] = {}
     if on_gpu:

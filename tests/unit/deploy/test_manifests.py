@@ -418,3 +418,42 @@ def test_each_port_is_open_only_to_who_needs_it_and_the_api_needs_keys() -> None
     from mmrag.config import ServerConfig
 
     assert ServerConfig().admin_key_env in secret["stringData"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_and_ingestion_land_on_their_own_nodes(overlay: str) -> None:
+    """One layout everywhere (tests/integration/test_multinode.py runs it on two real nodes): serving nodes hold
+    mmrag_serve and the label mmrag-role=serve, ingestion nodes mmrag_ingest and mmrag-role=ingest; the replicas and
+    the Ray Data stages reserve only a resource that their own nodes hold."""
+    from mmrag.config import env_overrides, load_config
+    from mmrag.serve.app import DEPLOYMENT_SECTIONS, build_config
+
+    docs = built(overlay)
+    service = _one(docs, "RayService")["spec"]
+    job = _one(docs, "RayJob")["spec"]["rayClusterSpec"]
+    roles = ((service["rayClusterConfig"]["workerGroupSpecs"], "serve"), (job["workerGroupSpecs"], "ingest"))
+    for groups, role in roles:
+        assert groups and all(g["labels"] == {"mmrag-role": role} and g["resources"] == {f"mmrag_{role}": "1"}
+                              for g in groups), role  # fmt: skip
+    for args in _app_args(yaml.safe_load(service["serveConfigV2"])):
+        cfg = build_config(args)
+        for section in DEPLOYMENT_SECTIONS:
+            assert set(getattr(cfg, section).resources) <= {"mmrag_serve"}, section
+    env = {e["name"]: e["value"] for e in job["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    ingest = load_config("local-cpu", env_overrides(env), use_env=False).ingest
+    assert all(s.resources == {"mmrag_ingest": 0.01} for s in (ingest.read, ingest.embed, ingest.text_embed))
+
+
+def test_the_vm_cluster_has_the_same_node_roles() -> None:
+    from mmrag.config import env_overrides, load_config
+
+    cfg = yaml.safe_load((ROOT / "deploy" / "cluster" / "vm-cluster.yaml").read_text())
+    types = cfg["available_node_types"]
+    for role in ("serve", "ingest"):
+        assert types[role]["labels"] == {"mmrag-role": role} and types[role]["resources"] == {f"mmrag_{role}": 1}
+    env = dict(o[4:-1].split("=", 1) for o in cfg["docker"]["run_options"] if o.startswith("-e 'MMRAG_INGEST"))
+    ingest = load_config("gpu", env_overrides(env), use_env=False).ingest
+    assert all(s.resources == {"mmrag_ingest": 0.01} for s in (ingest.read, ingest.embed, ingest.text_embed))
+    serve = yaml.safe_load((ROOT / "deploy" / "serve" / "gpu.yaml").read_text())
+    for section, opts in _app_args(serve)[0]["config"].items():
+        assert opts["resources"] == {"mmrag_serve": 0.01}, section

@@ -76,3 +76,31 @@ def test_shards_bind_a_retriever_deployment_per_shard(mmrag_home: str) -> None:
         from mmrag.store.search_config import SearchIndexConfig
 
         SearchIndexConfig(shard_index=2, shard_count=2)
+
+
+def test_node_placement_reaches_every_deployment_and_restarts_none(mmrag_home: str) -> None:
+    """Custom resources and node labels place each deployment on serving (or ingestion) nodes; like replica counts,
+    they are Serve options only. The generator's replica lives in its engine's placement group, so its resources join
+    the first bundle and its labels select every bundle's node."""
+    serve_node = {"resources": {"mmrag_serve": 0.01}, "label_selector": {"mmrag-role": "serve"}}
+    ingest_node = {"resources": {"mmrag_ingest": 0.01}, "label_selector": {"mmrag-role": "in(ingest,any)"}}
+    placed = {**BASE, **{s: serve_node for s in ("retriever", "reranker", "gateway")}}
+    placed["generator"] = {**BASE["generator"], **serve_node}
+    before = _graph(load_config("local-cpu", BASE))
+    after = _graph(load_config("local-cpu", {**placed, "ingestor": ingest_node}))
+    for name in ("Gateway", "Retriever", "Reranker"):
+        assert after[name][1]["actor"]["resources"] == {"mmrag_serve": 0.01}
+        assert after[name][1]["actor"]["label_selector"] == {"mmrag-role": "serve"}
+    assert after["Ingestor"][1]["actor"]["resources"] == {"mmrag_ingest": 0.01}
+    assert after["Ingestor"][1]["actor"]["label_selector"] == {"mmrag-role": "in(ingest,any)"}
+    # (the generator's LLMConfig carries its own deployment options, as it does its replica count)
+    assert all(before[n][0] == after[n][0] for n in before if n != "Generator"), "placement changed bound arguments"
+
+    from ray.llm._internal.serve.core.server.llm_server import LLMServer
+
+    from mmrag.serve.generator import build_llm_config
+
+    opts = LLMServer.get_deployment_options(build_llm_config(load_config("local-cpu", placed)))
+    assert opts["placement_group_bundles"][0]["mmrag_serve"] == 0.01
+    assert opts["placement_group_bundle_label_selector"] == [{"mmrag-role": "serve"}]
+    assert "label_selector" not in opts["ray_actor_options"]
