@@ -279,6 +279,53 @@ def test_answer_streams_tokens_then_citations(served) -> None:
     assert done["finish_reason"] in ("stop", "length") and done["timings"]["ttft"] <= done["timings"]["total"]
 
 
+def test_a_question_can_carry_an_image(served) -> None:
+    """An ingested page's own image finds that page (identical pixels give the tiny ColQwen2 the same tokens), as
+    JSON base64, a data URL or a multipart file; the answer and chat show it to the (echoed) vision generator."""
+    import base64
+
+    from openai import OpenAI
+
+    url, _, _ = served
+    page = _search(url, query="permutation test", k=1, collection="docs", mode="text").json()["results"][0]
+    img = httpx.get(f"{url}{page['image_url']}", timeout=30).content
+    b64 = base64.b64encode(img).decode()
+    alone = _search(url, image=b64, k=3, collection="docs")
+    assert alone.status_code == 200, alone.text
+    body = alone.json()
+    assert body["mode"] == "visual" and body["results"][0]["id"] == page["id"]
+    assert any("no better than chance" in n for n in body["notes"]), "the tiny visual model is flagged"
+    files = {"image": ("page.jpg", img, "image/jpeg")}
+    multi = httpx.post(f"{url}/v1/search", data={"request": '{"k": 3, "collection": "docs"}'}, files=files, timeout=60)
+    assert multi.status_code == 200 and multi.json()["results"][0]["id"] == page["id"]
+    both = _search(url, query="permutation test", image=f"data:image/jpeg;base64,{b64}", k=3, collection="docs")
+    assert both.status_code == 200 and both.json()["mode"] == "hybrid"
+    for bad, code in (
+        ({"image": "https://example.com/x.png"}, "remote_image_refused"),
+        ({"image": "abc$"}, "invalid_image"),
+    ):
+        r = _search(url, collection="docs", **bad)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text
+    r = _search(url, image=b64, mode="text", collection="docs")
+    assert r.status_code == 400 and r.json()["error"]["field"] == "mode"
+    # answer: the generator sees the question's image besides the sources' (echo counts images)
+    plain = _answer(url, query="what is this?", k=2, collection="docs").json()
+    shown = _answer(url, query="what is this?", image=b64, k=2, collection="docs").json()
+    assert int(shown["answer"].split()[1]) == int(plain["answer"].split()[1]) + 1, shown
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    content = [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{b64}"}},
+    ]
+    chat = client.chat.completions.create(
+        model="mmrag",
+        messages=[{"role": "user", "content": content}],
+        max_tokens=8,
+        extra_body={"mmrag": {"collection": "docs", "k": 2}},
+    )
+    assert int(chat.choices[0].message.content.split()[1]) >= 2 and chat.model_extra["citations"][0]["id"] == page["id"]
+
+
 def test_openai_client_chat_completions(served) -> None:
     from openai import OpenAI
 
