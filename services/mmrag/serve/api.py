@@ -4,6 +4,7 @@ middleware installed once."""
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,22 +25,25 @@ api.add_middleware(access.AccessControl)  # outermost: every request, 413s inclu
 #: Request models of routes that read their body themselves (JSON or multipart: mmrag.serve.query_image.parse_body);
 #: FastAPI lists only the models its routes declare, so these are added to the schema's components.
 BODY_MODELS: list[type[BaseModel]] = []
-_openapi = api.openapi
+api.state.body_models = BODY_MODELS  # travels with the app when Serve ships it to a replica
 
 
-def _with_body_models() -> dict[str, Any]:
-    if api.openapi_schema is None:
-        doc = _openapi()
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for model in BODY_MODELS:
+def _with_body_models(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema of ``app`` plus :data:`BODY_MODELS`. Bound to the app object itself: Serve ships a copy of
+    the app to each replica and turns its class-based routes there, so a function closing over this module's
+    ``api`` would describe the replica's untouched import instead."""
+    doc = app.openapi_schema or FastAPI.openapi(app)  # whoever asked first, FastAPI caches it on the app
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in getattr(app.state, "body_models", BODY_MODELS):
+        if model.__name__ not in schemas:
             got = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, sub in got.pop("$defs", {}).items():
                 schemas.setdefault(name, sub)
             schemas[model.__name__] = got
-        api.openapi_schema = doc
-    return api.openapi_schema
+    app.openapi_schema = doc
+    return doc
 
 
-api.openapi = _with_body_models  # type: ignore[method-assign]
+api.openapi = types.MethodType(_with_body_models, api)  # type: ignore[method-assign]
 
 __all__ = ["BODY_MODELS", "api"]
