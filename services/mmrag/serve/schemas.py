@@ -69,18 +69,22 @@ class SearchFiltersIn(_Req):
         return v
 
 
+#: The ``image`` field of /v1/search and /v1/answer (mmrag.serve.query_image); declared before ``query``, whose
+#: validator reads it.
+QUESTION_IMAGE = (
+    "An image to find pages and clips that look like it: base64, or a data URL "
+    "(data:image/png;base64,...); a multipart request sends it as the file part `image`. Its late-interaction "
+    "multivector is the visual channel's query, alone (then the mode is visual) or with the query text's (the "
+    "two are one multivector; the text also feeds BM25 and the dense channel). Remote URLs are refused (the "
+    "server fetches nothing); at most server.max_query_image_bytes and server.max_query_image_pixels."
+)
+
+
 class SearchRequest(_Req):
     """POST /v1/search (JSON, or multipart/form-data: the JSON fields in a part named `request`, or `query` as a
     field, and the image as a file part named `image`)."""
 
-    image: str | None = Field(
-        default=None,
-        description="An image to find pages and clips that look like it: base64, or a data URL "
-        "(data:image/png;base64,...); a multipart request sends it as the file part `image`. Its late-interaction "
-        "multivector is the visual channel's query, alone (then the mode is visual) or with the query text's (the "
-        "two are one multivector; the text also feeds BM25 and the dense channel). Remote URLs are refused (the "
-        "server fetches nothing); at most server.max_query_image_bytes and server.max_query_image_pixels.",
-    )
+    image: str | None = Field(default=None, description=QUESTION_IMAGE)
     query: str = Field(
         default="",
         validate_default=True,
@@ -202,14 +206,7 @@ class SearchResponse(BaseModel):
 class AnswerRequest(_Req):
     """POST /v1/answer (JSON, or multipart/form-data as for /v1/search)."""
 
-    image: str | None = Field(
-        default=None,
-        description="An image to find pages and clips that look like it: base64, or a data URL "
-        "(data:image/png;base64,...); a multipart request sends it as the file part `image`. Its late-interaction "
-        "multivector is the visual channel's query, alone (then the mode is visual) or with the query text's (the "
-        "two are one multivector; the text also feeds BM25 and the dense channel). Remote URLs are refused (the "
-        "server fetches nothing); at most server.max_query_image_bytes and server.max_query_image_pixels.",
-    )
+    image: str | None = Field(default=None, description=QUESTION_IMAGE)
     query: str = Field(
         default="",
         validate_default=True,
