@@ -21,7 +21,6 @@ import numpy as np
 
 from mmrag.models.encoder import maxsim
 from mmrag.store.cascade import ranges as _ranges
-from mmrag.store.cascade import top as _top
 from mmrag.store.cascade import top_idx as _top_idx
 from mmrag.store.filters import SearchFilters
 from mmrag.store.search_config import SearchError, SearchIndexConfig
@@ -32,6 +31,8 @@ from mmrag.store.snapshot import Snapshot
 NOT_VISUAL = ("audio",)
 #: Tokens scored per block in the token stage: 8192 x 128 float32 = 4 MiB stays in cache.
 TOKEN_BLOCK = 8192
+#: Pooled vectors per block of the first stage when it runs on several threads (or converts for numpy).
+POOLED_BLOCK = 65536
 
 
 class Scorer:
@@ -72,7 +73,8 @@ class Scorer:
 
         # Stage 1: pooled vectors. Ranking by <mean(q), p> equals ranking by sum_i <q_i, p>.
         s1 = self.pooled_scores(snap, q.mean(axis=0), allowed)
-        cand, s1c = _top(allowed, s1, c1)
+        keep1 = self.top_idx(s1, c1)
+        cand, s1c = allowed[keep1], s1[keep1]
         stage = {"pooled": s1c}
 
         # Stage 2: MaxSim over the int8 / float16 tokens held in RAM.
@@ -115,16 +117,44 @@ class Scorer:
         return self._use_torch
 
     def pooled_scores(self, snap: Snapshot, qmean: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """``<mean(q), pooled>`` of the allowed rows (whole-matrix product unless few rows are allowed)."""
+        """``<mean(q), pooled>`` of the allowed rows as float32 (whole-matrix product unless few rows are allowed).
+
+        A memory-bound mat-vec over the collection (float16 pooled vectors: half the bytes of float32). In torch it runs
+        in row blocks on the token stage's threads when torch itself is single-threaded (a Ray replica); numpy has no
+        fast float16 maths, so its path converts a block at a time."""
         few = len(allowed) < snap.n // 4
         mat = snap.pooled[allowed] if few else snap.pooled
+        out = np.empty(len(mat), np.float32)
+        blocks = [(s, min(len(mat), s + POOLED_BLOCK)) for s in range(0, len(mat), POOLED_BLOCK)]
         if self.torch():
             import torch
 
-            scores = torch.mv(torch.from_numpy(mat), torch.from_numpy(qmean)).numpy()
+            mt = torch.from_numpy(mat)
+            qt = torch.from_numpy(np.ascontiguousarray(qmean, dtype=mat.dtype))
+
+            def run(block: tuple[int, int]) -> None:
+                s, e = block
+                out[s:e] = torch.mv(mt[s:e], qt).numpy()
+
+            workers = self.workers()
+            if workers > 1 and len(blocks) > 1:
+                list(self.pool(workers).map(run, blocks))
+            else:
+                out[:] = torch.mv(mt, qt).numpy()
         else:
-            scores = mat @ qmean
-        return scores if few else scores[allowed]
+            q32 = np.asarray(qmean, np.float32)
+            for s, e in blocks:
+                out[s:e] = mat[s:e].astype(np.float32, copy=False) @ q32
+        return out if few else out[allowed]
+
+    def top_idx(self, scores: np.ndarray, n: int) -> np.ndarray:
+        """Indices of the ``n`` largest ``scores`` (unordered): torch's top-k when torch is the backend (3.5 ms for
+        3000 of 1M, against 10 ms for numpy's argpartition)."""
+        if n >= len(scores) or not self.torch():
+            return _top_idx(scores, n)
+        import torch
+
+        return torch.topk(torch.from_numpy(scores), n, sorted=False).indices.numpy()
 
     def exact_maxsim(self, q: np.ndarray, mvs: list[np.ndarray]) -> np.ndarray:
         """Exact float32 MaxSim; the torch path computes what :func:`~mmrag.models.encoder.maxsim` does."""
@@ -212,4 +242,4 @@ class Scorer:
                 self._executor = None
 
 
-__all__ = ["TOKEN_BLOCK", "Scorer"]
+__all__ = ["POOLED_BLOCK", "TOKEN_BLOCK", "Scorer"]

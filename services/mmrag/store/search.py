@@ -53,7 +53,7 @@ from mmrag.store.filters import MAX_FILTER_CHARS, MAX_FILTER_VALUES, Modality, S
 from mmrag.store.fulltext import bm25, fts_terms
 from mmrag.store.fusion import fuse
 from mmrag.store.hits import Hit
-from mmrag.store.kernels import Scorer
+from mmrag.store.kernels import NOT_VISUAL, Scorer
 from mmrag.store.search_config import SearchError, SearchIndexConfig
 from mmrag.store.snapshot import HIT_COLUMNS, Snapshot
 from mmrag.store.snapshot import channels as _channels
@@ -175,6 +175,7 @@ class SearchIndex:
             pooled=pooled,
             text_vectors=text_vectors,
             token_store=index.config.token_store,
+            pooled_store=index.config.pooled_store,
         )
         index._choose_sizes(index._snap, None)
         return index
@@ -228,7 +229,7 @@ class SearchIndex:
         if cal and cal.get("items") and abs(snap.n - cal["items"]) <= cal["items"] // 4 and old is not None:
             snap.first_stage_k, snap.loaded["calibration"] = old.first_stage_k, cal
             return
-        cal = calibrate(snap, self.config)
+        cal = calibrate(snap, self.config, exclude=NOT_VISUAL)
         cal["items"] = snap.n
         snap.first_stage_k = cal["first_stage_k"]
         snap.loaded["calibration"] = cal

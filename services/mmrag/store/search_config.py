@@ -38,6 +38,12 @@ class SearchIndexConfig(BaseModel):
         "scale per token), float16, or none (no token stage: the first stage's candidates go straight to the "
         "exact stage, so keep first_stage_k small; for tiny stores or very little RAM).",
     )
+    pooled_store: Literal["float16", "float32"] = Field(
+        default="float16",
+        description="How the pooled vectors are held for the first stage. float16 halves their RAM (244 MB at 1M "
+        "items) and the stage's time, which is a memory-bound mat-vec: 23 ms vs 66 ms over 1M x 128 on one core "
+        "of this machine (torch's float32 mat-vec is the slow one), and kept 99.9% of float32's top 3000.",
+    )
     token_tier: Literal["ram", "disk"] = Field(
         default="ram",
         description="Where the token stage's vectors live: ram (anonymous memory), or disk (a memory-mapped, "
@@ -74,11 +80,18 @@ class SearchIndexConfig(BaseModel):
         "Measured: right-sized at 10k and 100k, far too deep at 1M (112,700 where 3000 met 0.95; "
         "benchmarks/results/retrieval_1m.md).",
     )
-    calibration_sample: int = Field(
-        default=10000,
+    calibration_shortlist: int = Field(
+        default=16384,
         ge=100,
-        description="Items the recall calibration scores its pseudo-queries against (a uniform sample; the depth "
-        "found there is scaled by collection size / sample). Its cost is linear in this.",
+        description="Pooled shortlist each calibration pseudo-query's top-10 is searched for in (by token MaxSim); "
+        "a query whose top-10 reach past half of it is measured again with one four times deeper. Its cost is "
+        "linear in this.",
+    )
+    calibration_max_shortlist: int = Field(
+        default=262144,
+        ge=100,
+        description="Deepest shortlist the recall calibration tries; queries that needed more are counted "
+        "(`capped_queries`) and the size chosen may then be too small.",
     )
     calibration_queries: int = Field(default=24, ge=4, description="Pseudo-queries the recall calibration draws.")
     calibration_query_tokens: int = Field(

@@ -3,10 +3,10 @@
 A :class:`Snapshot` is immutable once built; :meth:`mmrag.store.search.SearchIndex.refresh` builds a new one
 (:mod:`mmrag.store.snapshot_load`) and swaps it in, so searches running in other threads never see a half-built index.
 
-A snapshot keeps, per item, the pooled vector (float32), the token vectors quantised per ``token_store``
-(:mod:`mmrag.store.cascade`), the dense text channel's vectors (:mod:`mmrag.store.dense`) and the metadata that
-filters and hits are served from; the exact stage's multivectors and the texts are read by row id at the snapshot's
-pinned table version (:meth:`Snapshot.fetch_rows`).
+A snapshot keeps, per item, the pooled vector (float16 or float32: ``pooled_store``), the token vectors quantised
+per ``token_store`` (:mod:`mmrag.store.cascade`), the dense text channel's vectors (:mod:`mmrag.store.dense`)
+and the metadata that filters and hits are served from; the exact stage's multivectors and the texts are read by
+row id at the snapshot's pinned table version (:meth:`Snapshot.fetch_rows`).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Snapshot:
     ids: list[str]
     id_row: dict[str, int]
     row_ids: np.ndarray | None  # LanceDB row ids at ``version``
-    pooled: np.ndarray  # [n, dim] float32, L2-normalised
+    pooled: np.ndarray  # [n, dim] float16 or float32 (pooled_store), L2-normalised
     collection: Codes
     modality: Codes
     doc_id: Codes

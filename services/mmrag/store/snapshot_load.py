@@ -130,7 +130,17 @@ def load_snapshot(
             yield batch_rows(got)
 
     snap = build_snapshot(
-        meta, pooled, dim, row_ids, n_tokens, reuse, fetch, old, config.token_store, alloc=arena_of(config)
+        meta,
+        pooled,
+        dim,
+        row_ids,
+        n_tokens,
+        reuse,
+        fetch,
+        old,
+        config.token_store,
+        alloc=arena_of(config),
+        pooled_store=config.pooled_store,
     )
     snap.version, snap.table, snap.has_fts, snap.has_text_ann = version, table, has_fts, has_text_ann
     snap.has_text = np.asarray([t is not None for t in meta.column("text_source").to_pylist()], dtype=bool)
@@ -223,7 +233,7 @@ def update_snapshot(table: Any, version: int, old: Snapshot, config: SearchIndex
         metas.append(got.select([*META, "pooled", "n_tokens", "text_source"]))
     new = pa.concat_tables(metas) if metas else None
 
-    pooled = np.empty((n, dim), np.float32)
+    pooled = np.empty((n, dim), config.pooled_store)
     pooled[kept] = old.pooled[src]
     tok_len = np.zeros(n, np.int64)
     tok_len[kept] = old.tok_len[src]
@@ -373,10 +383,11 @@ def build_snapshot(
     store: TokenStore,
     *,
     alloc: Arena = RAM,
+    pooled_store: str = "float32",
 ) -> Snapshot:
     """Assemble a snapshot; ``reuse`` maps new row -> old row whose tokens are copied, not re-read; ``fetch(rows)``
     yields :data:`Fetched` batches for the others (multivectors, or int8 copies with their scales); ``alloc`` makes the
-    token arenas (in RAM, or memory-mapped on disk)."""
+    token arenas (in RAM, or memory-mapped on disk); ``pooled_store`` is the pooled vectors' dtype."""
     ids = meta.column("id").to_pylist()
     n = len(ids)
     tok_len = np.maximum(np.asarray(n_tokens, np.int64), 0)
@@ -421,7 +432,7 @@ def build_snapshot(
         ids=ids,
         id_row={i: r for r, i in enumerate(ids)},
         row_ids=row_ids,
-        pooled=np.array(pooled, dtype=np.float32, order="C"),  # a writable copy (Arrow buffers are read-only)
+        pooled=np.array(pooled, dtype=pooled_store, order="C"),  # a writable copy (Arrow buffers are read-only)
         collection=Codes(meta.column("collection")),
         modality=Codes(meta.column("modality")),
         doc_id=Codes(meta.column("doc_id")),
@@ -452,6 +463,7 @@ def array_snapshot(
     pooled: np.ndarray | None,
     text_vectors: Sequence[np.ndarray | None] | None,
     token_store: TokenStore,
+    pooled_store: str = "float32",
 ) -> Snapshot:
     """A snapshot of items given as arrays (no LanceDB): see :meth:`mmrag.store.search.SearchIndex.from_arrays`."""
     n = len(ids)
@@ -487,7 +499,7 @@ def array_snapshot(
         if rows:
             yield np.asarray(rows, np.int64), np.concatenate([mvs[r] for r in rows]), lens[rows], None
 
-    snap = build_snapshot(meta, pooled, dim, None, lens, {}, fetch, None, token_store)
+    snap = build_snapshot(meta, pooled, dim, None, lens, {}, fetch, None, token_store, pooled_store=pooled_store)
     snap.exact = mvs
     if texts is not None:
         snap.has_text = np.asarray([bool(t) for t in texts], dtype=bool)

@@ -30,7 +30,7 @@ def test_first_stage_k_is_chosen_for_the_recall_target_and_meets_it() -> None:
     mvs = _corpus(600)
     ids = [f"i{j:04d}" for j in range(len(mvs))]
     cfg = {
-        "calibration_sample": 300,
+        "calibration_shortlist": 100,  # below the 600 items: the deepening path runs
         "calibration_queries": 12,
         "calibration_noise": 1.0,
         "exact_k": 10,
@@ -39,7 +39,8 @@ def test_first_stage_k_is_chosen_for_the_recall_target_and_meets_it() -> None:
     low = SearchIndex.from_arrays(ids, mvs, collection="c", config={**cfg, "recall_target": 0.5})
     high = SearchIndex.from_arrays(ids, mvs, collection="c", config={**cfg, "recall_target": 0.99})
     cal = high._snap.loaded["calibration"]
-    assert cal["first_stage_k"] == high._snap.first_stage_k and cal["sample_items"] == 300 and cal["items"] == 600
+    assert cal["first_stage_k"] == high._snap.first_stage_k and cal["items"] == 600
+    assert cal["shortlists"][0] >= 100 and max(cal["shortlists"]) <= 600 and cal["capped_queries"] == 0
     assert 10 <= low._snap.first_stage_k < high._snap.first_stage_k <= 600
     # the chosen size, measured: the cascade's recall@10 against exact MaxSim on queries made like the calibration's
     rng = np.random.default_rng(5)

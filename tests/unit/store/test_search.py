@@ -140,6 +140,7 @@ def test_cascade_recall_equals_exhaustive_on_clustered_data(
     import mmrag.store.kernels as kernels
 
     monkeypatch.setattr(kernels, "TOKEN_BLOCK", 64)  # many blocks, scored by one or two threads
+    monkeypatch.setattr(kernels, "POOLED_BLOCK", 48)  # the pooled stage's row blocks too
     mvs = _clustered(400, seed=1)
     items = [_item("c", f"/d{i // 10}.pdf", i % 10 + 10 * (i // 10), mv) for i, mv in enumerate(mvs)]
     _publish(store, items)
@@ -154,6 +155,34 @@ def test_cascade_recall_equals_exhaustive_on_clustered_data(
         assert {h.id for h in hits} == truth
         assert [h.score for h in hits] == pytest.approx(sorted(exact, reverse=True)[:10], abs=1e-5)
     index.close()
+
+
+@pytest.mark.parametrize(("backend", "threads"), [("torch", 1), ("torch", 2), ("numpy", 1)])
+def test_float16_pooled_stage_scores_as_float32_does(
+    monkeypatch: pytest.MonkeyPatch, backend: str, threads: int
+) -> None:
+    import mmrag.store.kernels as kernels
+
+    monkeypatch.setattr(kernels, "POOLED_BLOCK", 37)  # blocks that do not divide the rows
+    mvs = _clustered(300, seed=4)
+    ids = [f"i{j}" for j in range(len(mvs))]
+    cfg = {"backend": backend, "token_threads": threads}
+    half = SearchIndex.from_arrays(ids, mvs, collection="c", config=cfg)
+    full = SearchIndex.from_arrays(ids, mvs, collection="c", config={**cfg, "pooled_store": "float32"})
+    assert half._snap.pooled.dtype == np.float16 and full._snap.pooled.dtype == np.float32
+    assert half.memory_bytes()["pooled"] * 2 == full.memory_bytes()["pooled"]
+    rng = np.random.default_rng(3)
+    q = _unit(rng.standard_normal((5, DIM))).mean(axis=0).astype(np.float32)
+    every, some = np.arange(300), np.arange(0, 300, 7)  # the whole matrix, and a filter's few rows
+    for allowed in (every, some):
+        got = half._scorer.pooled_scores(half._snap, q, allowed)
+        want = full._snap.pooled[allowed] @ q
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.abs(got - want).max() < 2e-3
+        top_got = set(allowed[half._scorer.top_idx(got, 10)].tolist())
+        assert len(top_got & set(allowed[np.argsort(-want)[:10]].tolist())) >= 9
+    half.close()
+    full.close()
 
 
 def test_array_backed_index_needs_no_lancedb() -> None:
