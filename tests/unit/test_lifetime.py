@@ -105,7 +105,10 @@ SERVER = """
         # stands in for Ray's processes: its own session, as Ray's workers are their own process groups
         child = subprocess.Popen(["sleep", "120"], start_new_session=True)
         print(child.pid, guard.reaper.pid, flush=True)
-        {body}
+        try:
+            {body}
+        except KeyboardInterrupt:  # the signal came before guard.wait() (a loaded machine): as `mmrag serve` does
+            pass
     print("stopped", flush=True)
 """
 
