@@ -83,6 +83,30 @@ def _timed(index: SearchIndex, queries: list[np.ndarray], repeats: int = 2, **kw
     return lat, results
 
 
+def _stages(index: SearchIndex, queries: list[np.ndarray]) -> dict[str, float]:
+    """Median milliseconds of the cascade's in-RAM stages at the index's own first_stage_k: the pooled mat-vec, the
+    top-k of it, the token MaxSim of the candidates; and of a whole search (which adds the filters' mask, the exact
+    stage's LanceDB take and its MaxSim)."""
+    snap, scorer = index._snap, index._scorer
+    filters = SearchFilters(collection=COLLECTION)
+    c1 = snap.first_stage_k or index.config.first_stage_k
+    times: dict[str, list[float]] = {"pooled": [], "top_k": [], "tokens": [], "search": []}
+    for q in queries:
+        allowed = np.flatnonzero(snap.mask(filters) & (snap.tok_len > 0))
+        t0 = time.perf_counter()
+        s1 = scorer.pooled_scores(snap, q.mean(axis=0), allowed)
+        t1 = time.perf_counter()
+        cand = allowed[scorer.top_idx(s1, c1)]
+        t2 = time.perf_counter()
+        scorer.token_maxsim(snap, q, cand)
+        t3 = time.perf_counter()
+        index.search_visual(q, K, filters=filters)
+        t4 = time.perf_counter()
+        for name, dt_ in (("pooled", t1 - t0), ("top_k", t2 - t1), ("tokens", t3 - t2), ("search", t4 - t3)):
+            times[name].append(dt_)
+    return {name: round(float(np.median(v)) * 1000, 2) for name, v in times.items()}
+
+
 def _summary(lat: list[float], res: list[list[str]], truth: list[list[str]], **extra: Any) -> dict[str, Any]:
     rec = [_recall(r, t) for r, t in zip(res, truth, strict=False)]
     return {
@@ -220,6 +244,8 @@ def run_size(
         info["search"] = _summary(lat, res, truth)
         info["rss_file_after_search_mb"] = round(_status_mb()["RssFile"], 1)
         log(f"[{n}] {name}: {info['search']}")
+        info["stage_ms"] = _stages(index, queries)
+        log(f"[{n}] {name} stages: {info['stage_ms']}")
         if name.startswith("disk"):
             sweep = []
             for c1 in (1500, 3000, 6000, 12000, 24000):
@@ -268,6 +294,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
                 f"{v['rss_file_after_search_mb']} | {v['token_file_mb']} | {r['data']['table_disk_mb']} | "
                 f"{v['build_s']} |"
             )
+    lines += ["", "## Where a search's time goes (median ms at the chosen first_stage_k)", "",
+              "| items | index | pooled mat-vec | top-k | token MaxSim | whole search |",
+              "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in result["sizes"]:
+        for name, v in r["runs"].items():
+            st = v.get("stage_ms", {})
+            lines.append(f"| {r['items']:,} | {name} | {st.get('pooled')} | {st.get('top_k')} | {st.get('tokens')} | "
+                         f"{st.get('search')} |")  # fmt: skip
     lines += ["", "## Calibration (stage sizes chosen at load)", ""]
     for r in result["sizes"]:
         cal = r["runs"]["disk_tier_recall_target"].get("calibration")

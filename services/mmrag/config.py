@@ -651,9 +651,11 @@ class RetrieverConfig(DeploymentConfig):
         gt=0.0,
         le=1.0,
         description="When set, each replica chooses first_stage_k at load for this recall@10 (measured on "
-        "pseudo-queries sampled from the collection; mmrag.store.calibrate) instead of using first_stage_k. "
-        "0.95 chose 220 at 10k items and 3500 at 100k, but overshot at 1M (112,700 where 3000 met it): "
-        "leave it off for large collections (benchmarks/results/retrieval_1m.md).",
+        "pseudo-queries drawn from the collection, against the collection's own top-10; mmrag.store.calibrate) "
+        "instead of using first_stage_k, and again when the collection has grown or shrunk by a quarter. 0.95 chose "
+        "233 at 10k items, 1297 at 100k and 3235 at 1M, where the benchmark's queries got recall@10 0.98, 0.96 and "
+        "0.95 (benchmarks/results/retrieval_1m.md). It adds to a replica's start: ~15 s at 10k-100k items, ~40 s "
+        "at 1M on 2 cores.",
     )
     token_tier: Literal["ram", "disk"] = Field(
         default="ram",

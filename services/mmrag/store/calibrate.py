@@ -29,6 +29,8 @@ from mmrag.store.snapshot import Snapshot
 
 #: items scored per block when token-scoring a shortlist (keeps the similarity block ~50 MB)
 _BLOCK_ITEMS = 256
+#: one-sided 95% normal quantile: the confidence bound on the depth
+_Z = 1.645
 #: pooled vectors converted per block (float16 -> float32) for the pooled scores
 _POOLED_BLOCK = 65536
 
@@ -69,11 +71,19 @@ def calibrate(snap: Snapshot, config: Any, k: int = 10, exclude: tuple[str, ...]
         ranks.append(rank)
         depths.append(depth)
     flat = np.sort(np.concatenate(ranks))
-    need = math.ceil(config.recall_target * len(flat))
-    first_stage_k = int(min(n, max(config.exact_k, int(flat[need - 1]) + 1 if need else 1)))
+    m, p = len(flat), config.recall_target
+    # the depth keeping share p of the found pairs, and an upper confidence bound on it: the order statistic that
+    # is at or past the true p-quantile with ~95% probability (the ranks are heavy-tailed, so a point estimate from
+    # a few dozen queries came out anywhere from half to twice the depth that many queries measured)
+    point = math.ceil(p * m)
+    bound = min(m, math.ceil(p * m + _Z * math.sqrt(m * p * (1 - p))))
+    depth_point = int(flat[point - 1]) + 1 if point else 1
+    depth = int(flat[bound - 1]) + 1 if bound else 1
+    first_stage_k = int(min(n, max(config.exact_k, depth)))
     return {
         "first_stage_k": first_stage_k,
-        "recall_target": config.recall_target,
+        "recall_target": p,
+        "depth_point_estimate": depth_point,
         "queries": len(queries),
         "deepest_rank": int(flat[-1]),
         "shortlists": sorted(set(depths)),

@@ -74,11 +74,11 @@ class SearchIndexConfig(BaseModel):
         gt=0.0,
         le=1.0,
         description="When set, first_stage_k is not taken as given: each full load measures, on the collection "
-        "itself, the pooled depth that keeps this share of pseudo-queries' top-10 (by token MaxSim) and uses it "
-        "(mmrag.store.calibrate; recorded in the snapshot's `loaded`). The depth a target needs grows with the "
-        "collection (1500 kept 0.998 at 10k items, 0.96 at 100k). A query's own first_stage_k still wins. "
-        "Measured: right-sized at 10k and 100k, far too deep at 1M (112,700 where 3000 met 0.95; "
-        "benchmarks/results/retrieval_1m.md).",
+        "itself, the pooled depth that keeps this share of pseudo-queries' top-10 (by token MaxSim, in the whole "
+        "collection) and uses an upper confidence bound of it (mmrag.store.calibrate; recorded in the snapshot's "
+        "`loaded`); it is measured again when the collection has grown or shrunk by a quarter. A query's own "
+        "first_stage_k still wins. 0.95 chose 3096-4096 at 1M items, where the benchmark's queries needed 3000 "
+        "(benchmarks/results/retrieval_1m.md).",
     )
     calibration_shortlist: int = Field(
         default=16384,
@@ -93,16 +93,24 @@ class SearchIndexConfig(BaseModel):
         description="Deepest shortlist the recall calibration tries; queries that needed more are counted "
         "(`capped_queries`) and the size chosen may then be too small.",
     )
-    calibration_queries: int = Field(default=24, ge=4, description="Pseudo-queries the recall calibration draws.")
+    calibration_queries: int = Field(
+        default=64,
+        ge=4,
+        description="Pseudo-queries the recall calibration draws. The depths their top-10 sit at are heavy-tailed: "
+        "at 1M items 24 queries chose anywhere from 1500 to 4600 (seeds 0-3); 64 chose 3100-4100. Its cost is "
+        "linear in this (~50 s for 64 at 1M items on 2 cores, ~10 s at 100k).",
+    )
     calibration_query_tokens: int = Field(
         default=20, ge=1, description="Tokens per calibration pseudo-query, drawn from one stored item's tokens."
     )
     calibration_noise: float = Field(
-        default=2.0,
+        default=1.0,
         ge=0.0,
         description="Gaussian noise added to a pseudo-query's tokens before L2-normalising, as a norm relative to "
-        "a unit token (spread dim-wise): stands for the gap between a text query and the page it finds. More "
-        "noise, deeper first stage.",
+        "a unit token (spread dim-wise): stands for the gap between a text query and the page it finds. 1.0 leaves "
+        "a cosine of ~0.7 between a pseudo-query token and its source token, about the best-patch similarity of a "
+        "relevant page's query tokens under ColPali-family models. More noise, deeper first stage (2.0 chose "
+        "9000 at 1M items where 3000 met the target on benchmarks/retrieval.py's queries).",
     )
     calibration_seed: int = Field(default=0, description="Seed of the calibration's sampling (reproducible sizes).")
     fusion_depth: int = Field(default=50, ge=1, description="Hits taken from each ranking before hybrid fusion.")
