@@ -1,4 +1,4 @@
-"""Nothing that ``mmrag serve`` or ``mmrag demo`` started outlives it, however it ends.
+"""Nothing that ``mmrag serve``, ``mmrag demo`` or ``mmrag ingest`` started outlives it, however it ends.
 
 Why: a local Ray is a tree of processes that does not all die with its driver. Ray ties its own daemons (GCS,
 raylet, agents) to the driver (``PR_SET_PDEATHSIG``), and a worker exits when its raylet goes, but what a worker
@@ -194,9 +194,12 @@ def sweep(
 class Guard:
     """Owns what this process starts from :meth:`start` on (see the module docstring). Use :func:`guarded`."""
 
-    def __init__(self, stop_timeout_s: float, *, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, stop_timeout_s: float, *, say: Callable[[str], None] | None = None, serve: bool = True) -> None:
         self.run_id = uuid.uuid4().hex
         self.stop_timeout_s = stop_timeout_s
+        #: Whether stopping also shuts Serve down: not for ``mmrag ingest``, which may have joined a cluster whose
+        #: Serve app is not its own.
+        self.serve = serve
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.session_dirs: list[str] = []
         #: How long :meth:`stop` took, once it has run.
@@ -252,7 +255,7 @@ class Guard:
         timer.daemon = True
         timer.start()
         try:
-            _graceful_shutdown()
+            _graceful_shutdown(serve=self.serve)
         except KeyboardInterrupt:
             self._force("before a second Ctrl-C")
         finally:
@@ -315,9 +318,10 @@ class Guard:
 
 
 @contextlib.contextmanager
-def guarded(stop_timeout_s: float, *, say: Callable[[str], None] | None = None) -> Iterator[Guard]:
-    """Enter before starting Ray; leaving stops everything that was started inside (:meth:`Guard.stop`)."""
-    guard = Guard(stop_timeout_s, say=say)
+def guarded(stop_timeout_s: float, *, say: Callable[[str], None] | None = None, serve: bool = True) -> Iterator[Guard]:
+    """Enter before starting Ray; leaving stops everything that was started inside (:meth:`Guard.stop`); with
+    ``serve`` False it leaves Serve alone (stops only this process's Ray connection, and a local Ray it started)."""
+    guard = Guard(stop_timeout_s, say=say, serve=serve)
     guard.start()
     try:
         yield guard
@@ -352,12 +356,13 @@ def shutdown() -> None:
         _graceful_shutdown()
 
 
-def _graceful_shutdown() -> None:
+def _graceful_shutdown(serve: bool = True) -> None:
     ray = sys.modules.get("ray")  # never imported: nothing of Ray's to stop (and no 2 s import to pay)
     if ray is not None and ray.is_initialized():
-        from ray import serve
+        if serve:
+            from ray import serve as ray_serve
 
-        serve.shutdown()
+            ray_serve.shutdown()
         ray.shutdown()
 
 

@@ -5,7 +5,8 @@ engine), and a second `mmrag serve` on the same port comes up; stopped with SIGT
 
 The killed server runs local-cpu's real vLLM generator (SmolLM2): vLLM's engine-core and worker processes were
 the ones found running an hour after such a kill. The second one deploys no generator, the cheapest app there is.
-Ctrl-C and SIGTERM while starting are covered without Ray by tests/unit/test_lifetime.py."""
+Ctrl-C and SIGTERM while starting are covered without Ray by tests/unit/test_lifetime.py. `mmrag ingest` on its own
+local Ray gets the same guarantee when killed mid-run."""
 
 from __future__ import annotations
 
@@ -101,21 +102,25 @@ class Server:
         assert r.status_code == 200, r.text
 
     def inventory(self) -> tuple[dict[int, str], str, str]:
-        """What it started (its process tree now), the run id they carry, and the Ray session directory."""
-        tree = _descendants(self.proc.pid)
-        raylet = next(pid for pid, cmd in tree.items() if "/raylet " in cmd)
-        with open(f"/proc/{raylet}/environ", "rb") as f:
-            run_id = next(
-                v.split(b"=", 1)[1].decode() for v in f.read().split(b"\0") if v.startswith(f"{ENV_RUN_ID}=".encode())
-            )
-        with open(f"/proc/{raylet}/cmdline", "rb") as f:
-            session = next(a.split("=", 1)[1] for a in f.read().decode().split("\0") if a.startswith("--session_dir="))
-        return tree, run_id, session
+        return _inventory(self.proc.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+def _inventory(root: int) -> tuple[dict[int, str], str, str]:
+    """What ``root`` started (its process tree now), the run id they carry, and the Ray session directory."""
+    tree = _descendants(root)
+    raylet = next(pid for pid, cmd in tree.items() if "/raylet " in cmd)
+    with open(f"/proc/{raylet}/environ", "rb") as f:
+        run_id = next(
+            v.split(b"=", 1)[1].decode() for v in f.read().split(b"\0") if v.startswith(f"{ENV_RUN_ID}=".encode())
+        )
+    with open(f"/proc/{raylet}/cmdline", "rb") as f:
+        session = next(a.split("=", 1)[1] for a in f.read().decode().split("\0") if a.startswith("--session_dir="))
+    return tree, run_id, session
 
 
 def _wait_nothing_left(tree: dict[int, str], run_id: str, session: str, port: int, timeout: float) -> float:
@@ -191,3 +196,34 @@ def test_the_next_server_on_that_port_serves_and_stops_on_sigterm(
     assert took <= STOP_BOUND_S, f"stopped after {took:.1f} s, more than {STOP_BOUND_S} s:\n{server.output()[-2000:]}"
     assert rc in (0, 1), server.output()[-2000:]  # 1: the graceful part ran out of time and the rest was killed
     assert "stopped in" in server.output() or "did not stop within" in server.output()
+
+
+def test_a_killed_ingest_leaves_nothing_running(mmrag_home: str, port: int, tmp_path: Path) -> None:
+    """`mmrag ingest` on its own local Ray, SIGKILLed mid-run: its Ray (GCS, raylet, agents) and Ray Data's workers
+    are all gone within the reaper's bound."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("MMRAG_")}
+    env |= {"MMRAG_HOME": mmrag_home, "RAY_USAGE_STATS_ENABLED": "0", "MMRAG_INGEST__OCR": "always"}  # slow pages
+    pdf = Path(__file__).resolve().parents[1] / "data" / "coin.pdf"
+    cmd = [sys.executable, "-m", "mmrag.cli.main", "ingest", str(pdf), "--db", str(tmp_path / "db"), "--json"]
+    log = tmp_path / "ingest.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until Ray Data's stage actors run: the ingest is under way
+            tree = _descendants(proc.pid)
+            if any("/raylet " in c for c in tree.values()) and any("MapWorker" in c for c in tree.values()):
+                break
+            assert proc.poll() is None, f"ingest ended ({proc.returncode}) before the kill:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no Ray Data workers after 300 s: {tree}"
+            time.sleep(0.5)
+        time.sleep(2)  # its stages busy
+        tree, run_id, session = _inventory(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        took = _wait_nothing_left(tree, run_id, session, port, KILLED_BOUND_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    print(f"killed ingest: {len(tree)} processes gone {took:.1f} s after SIGKILL")

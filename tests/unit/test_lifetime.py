@@ -104,8 +104,8 @@ SERVER = """
     with guarded(5) as guard:
         # stands in for Ray's processes: its own session, as Ray's workers are their own process groups
         child = subprocess.Popen(["sleep", "120"], start_new_session=True)
-        print(child.pid, guard.reaper.pid, flush=True)
         try:
+            print(child.pid, guard.reaper.pid, flush=True)  # the test signals as soon as it reads this
             {body}
         except KeyboardInterrupt:  # the signal came before guard.wait() (a loaded machine): as `mmrag serve` does
             pass
@@ -157,3 +157,25 @@ def test_the_run_id_is_not_taken_for_a_config_override(monkeypatch: pytest.Monke
 
     monkeypatch.setenv(ENV_RUN_ID, "0123")
     load_config("local-cpu")
+
+
+def test_an_ingest_guard_stops_ray_but_leaves_serve_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `mmrag ingest` may have joined a cluster whose Serve app is not its own: its stop must not shut Serve down
+    import types
+
+    from mmrag import lifetime
+
+    calls: list[str] = []
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: True  # type: ignore[attr-defined]
+    ray.shutdown = lambda: calls.append("ray")  # type: ignore[attr-defined]
+    serve = types.ModuleType("ray.serve")
+    serve.shutdown = lambda: calls.append("serve")  # type: ignore[attr-defined]
+    ray.serve = serve  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.serve", serve)
+    lifetime._graceful_shutdown(serve=False)
+    assert calls == ["ray"]
+    calls.clear()
+    lifetime._graceful_shutdown()
+    assert calls == ["serve", "ray"]

@@ -246,11 +246,24 @@ def ingest(
                 raise typer.Exit(2) from e
             _print_remote(remote, url, as_json)
             return
+        from mmrag.lifetime import guarded
+
+        # a killed or interrupted ingest leaves no Ray process of its own behind (the local Ray's agents, Ray Data's
+        # workers); Serve is left alone, since the Ray may be a cluster whose app is not this run's
+        say = lambda line: console.print(line, highlight=False)  # noqa: E731
         try:
-            summary = run_ingest(paths, cfg, collection=collection, progress=on_progress)
+            with guarded(cfg.server.stop_timeout_s, say=say, serve=False):
+                summary = run_ingest(paths, cfg, collection=collection, progress=on_progress)
         except ValueError as e:
             console.print(f"[red]error:[/red] {e}", highlight=False)
             raise typer.Exit(2) from e
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what was published stays, the rest is not visible
+            console.print(
+                "interrupted: documents published before this stay searchable; run the same command again to "
+                "add the rest",
+                highlight=False,
+            )
+            raise typer.Exit(130) from e
     shown = ("files", "pages", "images", "clips", "audio", "skipped", "errors")
     result = {k: v for k, v in summary.to_dict().items() if k in shown}
     if as_json:
