@@ -6,18 +6,19 @@ import json
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from mmrag import config as C
 
 pytestmark = pytest.mark.unit
 
 
-def _walk_fields(model: type[C.BaseModel], prefix: str = ""):
+def _walk_fields(model: type[BaseModel], prefix: str = ""):
     for name, field in model.model_fields.items():
         yield f"{prefix}{name}", field
         ann = field.annotation
         for sub in (*getattr(ann, "__args__", ()), ann):
-            if isinstance(sub, type) and issubclass(sub, C.BaseModel):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
                 yield from _walk_fields(sub, f"{prefix}{name}.")
 
 
