@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from mmrag import __version__
 from mmrag.serve import access
 from mmrag.serve.http_layer import install_error_handlers
+from mmrag.serve.schemas import ErrorResponse
 
 api = FastAPI(
     title="mmrag",
@@ -44,6 +45,12 @@ def _with_body_models(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
+#: The error responses the routes document in OpenAPI: every route's, and a generating route's.
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 413)}
+GEN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
+#: A route's 200 that may be a server-sent event stream.
+SSE: dict[str, Any] = {"content": {"text/event-stream": {}}}
+
 api.openapi = types.MethodType(_with_body_models, api)  # type: ignore[method-assign]
 
-__all__ = ["BODY_MODELS", "api"]
+__all__ = ["BODY_MODELS", "ERRORS", "GEN_ERRORS", "SSE", "api"]

@@ -1,7 +1,10 @@
 """Gateway deployment: the HTTP ingress (FastAPI) that orchestrates retriever → reranker → generator.
 
-``/v1/search`` ranks items; ``/v1/answer`` and the OpenAI-compatible ``/v1/chat/completions`` answer from them
-with citations (see :mod:`mmrag.serve.answer` for the response shapes); ``/v1/models`` lists the served model.
+``/v1/search`` ranks items; ``/v1/answer`` and the OpenAI-compatible ``/v1/chat/completions``
+(:mod:`mmrag.serve.chat`) answer from them with citations (see :mod:`mmrag.serve.answer` for the response shapes);
+``/v1/models`` lists the served model. The other routes are mixins of the gateway class, one module each: items and
+their media (:mod:`mmrag.serve.items`), documents and uploads (:mod:`mmrag.serve.documents`), video summaries
+(:mod:`mmrag.serve.summaries`) and the web page (:mod:`mmrag.serve.web`).
 
 Below the routes: JSON errors and the body limit (:mod:`mmrag.serve.http_layer`), keys, scoping, admission and the
 audit line (:mod:`mmrag.serve.access`), and the prompt sources' cache (:mod:`mmrag.serve.sources`).
@@ -12,33 +15,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from ray import serve
 
 from mmrag import __version__, constants
 from mmrag.auth import context
 from mmrag.config import MmragConfig
 from mmrag.models.rerankers import exact_maxsim
-from mmrag.serve import access, media
+from mmrag.serve import access
 from mmrag.serve import answer as A
-from mmrag.serve.api import api
+from mmrag.serve.api import ERRORS, GEN_ERRORS, SSE, api
+from mmrag.serve.chat import ChatRoutes
 from mmrag.serve.documents import DocumentRoutes
 from mmrag.serve.http_layer import ApiError, set_query_image_limit
+from mmrag.serve.items import ItemRoutes
 from mmrag.serve.metrics import GatewayMetrics
 from mmrag.serve.query_image import body_doc, parse_body
 from mmrag.serve.schemas import (
     AnswerRequest,
     AnswerResponse,
-    ChatRequest,
     Citation,
-    ErrorResponse,
-    ItemInfo,
     SearchRequest,
     SearchResponse,
     SearchResult,
@@ -47,19 +48,15 @@ from mmrag.serve.schemas import (
 from mmrag.serve.summaries import SummaryRoutes
 from mmrag.serve.web import WebRoutes
 
-ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Seconds the gateway's list of collections is used before it is refreshed (in the background).
 COLLECTIONS_TTL_S = 5.0
-ERRORS = {400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 413: {"model": ErrorResponse}}
-GEN_ERRORS = {**ERRORS, 502: {"model": ErrorResponse}, 503: {"model": ErrorResponse}}
-SSE = {"content": {"text/event-stream": {}}}
 
 log = logging.getLogger(__name__)
 
 
 @serve.deployment(name=constants.GATEWAY_DEPLOYMENT)
 @serve.ingress(api)
-class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
+class Gateway(ChatRoutes, ItemRoutes, DocumentRoutes, SummaryRoutes, WebRoutes):
     def __init__(
         self,
         config: dict[str, Any],
@@ -598,106 +595,6 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @api.post("/v1/chat/completions", responses={200: SSE, **GEN_ERRORS})
-    async def chat_completions(self, req: ChatRequest) -> Any:
-        """OpenAI-compatible chat: the last user message is answered from retrieved sources (RAG).
-
-        Responses are OpenAI ``chat.completion`` objects (``chat.completion.chunk`` events when streaming, ending
-        with ``data: [DONE]``) with two extra fields: ``citations`` (as in /v1/answer; on the last chunk when
-        streaming) and ``timings``. Retrieval options go in the ``mmrag`` field (``extra_body={"mmrag": {...}}``
-        in the openai client)."""
-        return await self._counted("chat", self._chat(req))
-
-    async def _chat(self, req: ChatRequest) -> Any:
-        model = self.cfg.models.generator.served_model_name
-        if req.model is not None and req.model != model:
-            raise ApiError(
-                404, "model_not_found", f"the model {req.model!r} does not exist; this server has {model!r}", "model"
-            )
-        try:
-            query = A.chat_question(req.messages)
-            image = A.chat_image(req.messages)
-            history = A.chat_history(req.messages)
-            search_for = A.search_query(req.messages) if image is None or query != A.IMAGE_QUESTION else None
-        except ValueError as e:
-            raise ApiError(400, "invalid_request", str(e), "messages") from e
-        opts = req.mmrag
-        prep = await self.prepare_answer(
-            query,
-            k=opts.k if opts else None,
-            collection=opts.collection if opts else None,
-            mode=opts.mode if opts else None,
-            filters=opts.filters if opts else None,
-            rerank=opts.rerank if opts else None,
-            max_tokens=req.max_completion_tokens or req.max_tokens,
-            history=history,
-            search_for=search_for,
-            evidence=bool(opts and opts.evidence),
-            image=image,
-        )
-        g = self.cfg.generator
-        try:
-            extra = A.chat_extras(
-                req.model_extra or {}, allow_ignore_eos=g.allow_ignore_eos, max_min_tokens=g.max_min_tokens
-            )
-        except A.ExtraError as e:
-            raise ApiError(400, "invalid_request", str(e), e.field) from e
-        for key in ("top_p", "seed", "stop"):
-            if (v := getattr(req, key)) is not None:
-                extra[key] = v
-        temperature = 0.0 if req.temperature is None else req.temperature
-        shape = A.ChatShape(model)
-        t_gen = time.perf_counter()
-        if not req.stream:
-            gen = await self._generate(prep, stream=False, temperature=temperature, extra=extra)
-            cites, timings = await self._finish("chat", prep, gen.text, gen.usage, t_gen, None)
-            return JSONResponse(
-                shape.completion(
-                    gen.text,
-                    gen.finish_reason,
-                    vars(gen.usage),
-                    {"citations": cites, "timings": timings, "notes": prep["notes"]},
-                )
-            )
-        stream = await self._generate(prep, stream=True, temperature=temperature, extra=extra)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        async def chunks() -> AsyncIterator[str]:
-            parts: list[str] = []
-            t_first: float | None = None
-            done = failed = False
-            try:
-                yield shape.chunk({"role": "assistant", "content": ""})
-                async for delta in stream:
-                    if t_first is None:
-                        t_first = time.perf_counter()
-                    parts.append(delta)
-                    yield shape.chunk({"content": delta})
-                cites, timings = await self._finish("chat", prep, "".join(parts), stream.usage, t_gen, t_first)
-                finish = stream.finish_reason or "stop"
-                yield shape.chunk({}, finish, extra={"citations": cites, "timings": timings, "notes": prep["notes"]})
-                if include_usage:
-                    yield shape.chunk(None, usage=vars(stream.usage) if stream.usage else {})
-                done = True
-                self.metrics.request("chat", 200)
-            except Exception as e:
-                from mmrag.serve.generator_client import GeneratorError
-
-                failed = True
-                self.metrics.request("chat", 502)
-                msg = e.message if isinstance(e, GeneratorError) else "the answer failed while streaming"
-                yield A.sse(error_json("generator_error", msg))
-            finally:
-                if not done:
-                    stream.cancel()
-                    if prep["evidence"] is not None:
-                        prep["evidence"].cancel()
-                    if not failed:  # the client left mid-stream
-                        self.metrics.request("chat", 499)
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         """OpenAI-compatible list of the served model (empty when no generator is deployed)."""
@@ -706,112 +603,6 @@ class Gateway(DocumentRoutes, SummaryRoutes, WebRoutes):
             name = self.cfg.models.generator.served_model_name
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "mmrag", "root": name})
         return {"object": "list", "data": data}
-
-    @api.get("/v1/items/{item_id}/image", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
-    async def item_image(self, item_id: str) -> Response:
-        """The page image, the image, or the clip keyframe (JPEG)."""
-        return await self._item_bytes(item_id, "image", "image/jpeg")
-
-    @api.get("/v1/items/{item_id}/thumbnail", responses={200: {"content": {"image/png": {}}}, **ERRORS})
-    async def item_thumbnail(self, item_id: str) -> Response:
-        """A small PNG thumbnail of the item."""
-        return await self._item_bytes(item_id, "thumbnail", "image/png")
-
-    @api.get("/v1/items/{item_id}", response_model=ItemInfo, responses=ERRORS)
-    async def item_info(self, item_id: str) -> ItemInfo:
-        """What an item is: its source, page or clip bounds, the frames' times, its size, and where to get its
-        image, frames, video (when the source video can be served) and evidence view."""
-        row = await self._row(item_id, ["modality", "source_uri", "page", "start_s", "end_s", "frame_ts", "width",
-                                        "height", "text", "content_hash", "doc_id"])  # fmt: skip
-        base = f"{self.cfg.server.route_prefix.rstrip('/')}/v1/items/{item_id}"
-        ts = list(row.get("frame_ts") or []) if row["modality"] == "clip" else []
-        video = row["modality"] == "clip" and await asyncio.to_thread(media.source_file, row) is not None
-        return ItemInfo(
-            id=item_id,
-            collection=row["collection"],
-            doc_id=row.get("doc_id"),
-            modality=row["modality"],
-            source=row["source_uri"],
-            page=row.get("page"),
-            start_s=row.get("start_s"),
-            end_s=row.get("end_s"),
-            width=row.get("width"),
-            height=row.get("height"),
-            text=(row.get("text") or "")[:2000],
-            frame_ts=ts,
-            image_url=f"{base}/image",
-            thumbnail_url=f"{base}/thumbnail",
-            frame_urls=[f"{base}/frames/{i}" for i in range(len(ts))],
-            video_url=f"{base}/video" if video else None,
-            evidence_url=f"{base}/evidence",
-        )
-
-    @api.get("/v1/items/{item_id}/frames/{n}", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
-    async def item_frame(self, item_id: str, n: int) -> Response:
-        """Frame ``n`` (0-based, in time order) of a clip, as embedded (JPEG)."""
-        row = await self._row(item_id, ["frames"])
-        frames = row.get("frames") or []
-        if not 0 <= n < len(frames):
-            raise ApiError(404, "not_found", f"item {item_id} has {len(frames)} frames; ask for 0 to {len(frames) - 1}")
-        return Response(content=frames[n], media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
-
-    @api.get("/v1/items/{item_id}/video", responses={200: {"content": {"video/mp4": {}}}, **ERRORS})
-    async def item_video(self, item_id: str, request: Request) -> Response:
-        """The clip's source video, with Range requests (so a player can start at the clip's start), when the file
-        it was ingested from is still where it was with the same content; 404 otherwise (uploads are not kept)."""
-        row = await self._row(item_id, ["modality", "source_uri", "content_hash"])
-        path = await asyncio.to_thread(media.source_file, row) if row["modality"] == "clip" else None
-        if path is None:
-            raise ApiError(
-                404, "video_unavailable", "the source video is not reachable from the server (uploaded, moved or "
-                "changed since ingestion); its sampled frames are at /frames/{n}",
-            )  # fmt: skip
-        return await asyncio.to_thread(media.ranged_file, path, request.headers.get("range"))
-
-    @api.get("/v1/items/{item_id}/evidence", responses={200: {"content": {"image/jpeg": {}}}, **ERRORS})
-    async def item_evidence(self, item_id: str, query: str, frame: int = 0) -> Response:
-        """The page (or clip frame ``frame``) with the regions where ``query`` matched drawn on it (JPEG); the
-        regions themselves come with ``evidence: true`` on /v1/search and /v1/answer."""
-        if not query.strip() or len(query) > self.cfg.server.max_query_chars:
-            raise ApiError(400, "invalid_request", f"query must be 1 to {self.cfg.server.max_query_chars} characters",
-                           "query")  # fmt: skip
-        from mmrag.serve.schemas import no_controls
-
-        try:
-            no_controls(query)
-        except ValueError as e:
-            raise ApiError(400, "invalid_request", f"query {e}", "query") from e
-        row = await self._row(item_id, ["modality", "image", "frames"])
-        if row["modality"] == "clip":
-            frames = row.get("frames") or []
-            if not 0 <= frame < len(frames):
-                raise ApiError(404, "not_found", f"item {item_id} has {len(frames)} frames", "frame")
-            jpeg = frames[frame]
-        else:
-            jpeg = row["image"]
-        ev, _ = await self._evidence(query, None, [{"id": item_id, "text": ""}])
-        regions = [r for r in (ev.get(item_id) or {}).get("regions", []) if r.get("frame") in (None, frame)]
-        out = await asyncio.to_thread(media.draw_regions, jpeg, regions)
-        return Response(content=out, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
-
-    async def _row(self, item_id: str, columns: list[str]) -> dict[str, Any]:
-        """One item's columns, scoped to the caller's collections; 400 for a malformed id, 404 when not found."""
-        if not ITEM_ID_RE.match(item_id):
-            raise ApiError(400, "invalid_request", "item ids are 32 lowercase hex characters", "item_id")
-        row = await asyncio.to_thread(self.store.get_item, item_id, columns)
-        if row is None:
-            raise ApiError(404, "not_found", f"no item {item_id}")
-        context.note(collection=row["collection"])
-        return row
-
-    async def _item_bytes(self, item_id: str, column: str, media_type: str) -> Response:
-        if not ITEM_ID_RE.match(item_id):
-            raise ApiError(400, "invalid_request", "item ids are 32 lowercase hex characters", "item_id")
-        row = await asyncio.to_thread(self.store.get_item, item_id, [column])  # scoped: another tenant's is None
-        if row is None or not row.get(column):
-            raise ApiError(404, "not_found", f"no item {item_id}")
-        context.note(collection=row["collection"])
-        return Response(content=row[column], media_type=media_type, headers={"Cache-Control": "max-age=3600"})
 
     @api.get("/v1/collections")
     async def collections(self) -> dict[str, Any]:
