@@ -181,10 +181,10 @@ def bench_search(items: int, queries: int, tmp: Path) -> dict[str, Any]:
 
 
 def bench_answers(cfg: Any, answers: int) -> dict[str, Any]:
+    """The profile's app started here (its start-up timed), then :func:`measure_answers` on the sample."""
     import httpx
     from ray import serve
 
-    from benchmarks.answer import rag_once
     from mmrag.serve.run import run_app
 
     t0 = time.perf_counter()
@@ -199,19 +199,26 @@ def bench_answers(cfg: Any, answers: int) -> dict[str, Any]:
                 pass
             time.sleep(1)
         ready_s = time.perf_counter() - t0
-        queries = ["how do I plot a function", "set the axis labels", "what does the video show", "log scale"]
-        rag_once(c, url, queries[0], 16, "sample")  # warm-up
-        runs = [rag_once(c, url, queries[i % len(queries)], 16, "sample") for i in range(answers)]
+        out = measure_answers(c, url, answers, collection="sample")
     serve.shutdown()
+    return {"app_ready_s": ready_s, **out, "images_per_prompt_max": cfg.models.generator.max_images_per_prompt}
+
+
+def measure_answers(client: Any, url: str, answers: int, collection: str) -> dict[str, Any]:
+    """``answers`` streamed answers from a running app (after one warm-up): time to first token, total time and
+    citations per answer. ``client`` carries whatever the app needs (a key)."""
+    from benchmarks.answer import rag_once
+
+    queries = ["how do I plot a function", "set the axis labels", "what does the video show", "log scale"]
+    rag_once(client, url, queries[0], 16, collection)  # warm-up
+    runs = [rag_once(client, url, queries[i % len(queries)], 16, collection) for i in range(answers)]
     ttft = [r["ttft_ms"] for r in runs if r["ttft_ms"] is not None]
     return {
         "answers": len(runs),
-        "app_ready_s": ready_s,
         "ttft_p50_ms": _pct(ttft, 50),
         "ttft_p99_ms": _pct(ttft, 99),
         "total_p50_ms": _pct([r["total_ms"] for r in runs], 50),
         "citations_per_answer": float(np.mean([len(r["citations"]) for r in runs])) if runs else None,
-        "images_per_prompt_max": cfg.models.generator.max_images_per_prompt,
     }
 
 
@@ -228,6 +235,8 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     if d["device"] != "cuda":
         lines += ["**CPU fallback run**: toy sizes, to prove the script; nothing here measures a GPU.", ""]
+    if r.get("skipped"):
+        lines += [f"- steps skipped (--skip): {', '.join(r['skipped'])}"]
     if enc:
         lines.append(
             f"- encoder (tiny ColQwen2.5, {enc['image_size'][0]}x{enc['image_size'][1]} pages, batch "
@@ -298,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "device": info,
+        "skipped": sorted(set(args.skip)),
     }
     try:
         if "encoder" not in args.skip:

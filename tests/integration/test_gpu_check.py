@@ -1,6 +1,8 @@
-"""benchmarks/gpu_check.sh, the one short GPU check: here (no GPU) its CPU fallback runs every step of it on toy
-sizes (the tiny ColQwen2.5 + adapter encoding rendered pages, Ray Data ingestion, the search index, vLLM answers
-from the tiny Qwen2.5-VL) and writes its results; a GPU session runs the same script with --device cuda."""
+"""benchmarks/gpu_check.sh, the one short GPU check: here (no GPU) its CPU fallback runs its steps on toy sizes (the
+tiny ColQwen2.5 + adapter encoding rendered pages, Ray Data ingestion, the search index) and writes its results; a GPU
+session runs the same script with --device cuda. Its answer step (vLLM answers from the tiny Qwen2.5-VL) measures
+the gpu-tiny app that tests/integration/test_gpu_tiny.py has running already (``measure_answers``): starting that app
+a second time here would add a minute of CI for no code the other test does not run."""
 
 from __future__ import annotations
 
@@ -20,11 +22,11 @@ def test_the_script_parses() -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks/gpu_check.sh")]).returncode == 0
 
 
-def test_the_cpu_fallback_runs_every_step(tmp_path: Path, mmrag_home: str) -> None:
+def test_the_cpu_fallback_runs_its_steps(tmp_path: Path, mmrag_home: str) -> None:
     env = {**os.environ, "GPU_CHECK_PYTHON": sys.executable, "MMRAG_HOME": mmrag_home, "RAY_USAGE_STATS_ENABLED": "0"}
     out = tmp_path / "gpu"
     proc = subprocess.run(
-        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--device", "cpu", "--out-dir", str(out), "--answers", "2"],
+        ["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--device", "cpu", "--out-dir", str(out), "--skip", "answer"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -37,8 +39,7 @@ def test_the_cpu_fallback_runs_every_step(tmp_path: Path, mmrag_home: str) -> No
     assert ing["pages"] == 11 and ing["clips"] >= 1 and ing["errors"] == 0
     s = r["search"]
     assert s["items"] == 1000 and s["recall_at_10"] >= 0.9 and s["p50_ms"] > 0
-    a = r["answer"]
-    assert a["answers"] == 2 and a["ttft_p50_ms"] > 0 and a["citations_per_answer"] >= 1
+    assert "answer" not in r and r["skipped"] == ["answer"]
     assert all(t["state"].startswith("NOT MEASURED") for t in r["targets"])  # a CPU run claims nothing for a GPU
     md = (out / "gpu_check_cpu_fallback.md").read_text()
-    assert "CPU fallback run" in md and "pages/s" in md
+    assert "CPU fallback run" in md and "pages/s" in md and "steps skipped (--skip): answer" in md

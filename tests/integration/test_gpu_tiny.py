@@ -265,3 +265,14 @@ def test_a_streamed_answer_over_pdf_pages_cites_them(app) -> None:
     # three ~1 MP pages at ~1280 visual tokens each, then text up to the budget the gateway counted exactly
     assert 3 * 1000 < usage["prompt_tokens"] <= g.max_model_len - 8
     assert 0 < done["timings"]["ttft"] <= done["timings"]["total"]
+
+
+def test_the_gpu_checks_answer_step_measures_this_app(app) -> None:
+    """benchmarks/gpu_check.py's answer step (its CPU fallback in test_gpu_check.py skips it) on this app: streamed
+    answers from the tiny Qwen2.5-VL, timed, each citing what it was given."""
+    from benchmarks.gpu_check import measure_answers
+
+    with httpx.Client(headers=app["headers"], timeout=300) as client:
+        got = measure_answers(client, app["url"], 2, collection="docs")
+    assert got["answers"] == 2 and got["citations_per_answer"] >= 1
+    assert 0 < got["ttft_p50_ms"] <= got["ttft_p99_ms"] and got["ttft_p50_ms"] <= got["total_p50_ms"]
