@@ -73,7 +73,8 @@ def _processes_of(temp_dir: str) -> list[int]:
 
 
 def _stop(temp_dir: str) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    # Ray's daemons leave within a second of SIGTERM; what is left after 3 s (idle workers) is killed
+    for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
         for pid in _processes_of(temp_dir):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
