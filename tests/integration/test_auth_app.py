@@ -47,6 +47,7 @@ def tenants(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory
     from ray import serve
 
     from mmrag.ingest.pipeline import ingest
+    from mmrag.ingest.warm import WarmStages
     from mmrag.serve.run import run_app
 
     d = tmp_path_factory.mktemp("auth")
@@ -73,8 +74,12 @@ def tenants(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory
             },
         },
     )
-    ingest([str(d / "coin.pdf")], cfg, collection="docs", calibrate=False)  # not what these tests are about
-    ingest([str(d / "cup.mp4"), str(d / "b" / "coin.pdf")], cfg, collection="other", calibrate=False)
+    # in this process with warm stages (Ray Data's start-up is test_ingest's to pay); no calibration: not what these
+    # tests are about
+    warm = WarmStages(cfg)
+    ingest([str(d / "coin.pdf")], cfg, collection="docs", calibrate=False, runner=warm)
+    ingest([str(d / "cup.mp4"), str(d / "b" / "coin.pdf")], cfg, collection="other", calibrate=False, runner=warm)
+    del warm
     # made in-process (the CLI, `mmrag keys create`, is tested below): four CLI starts cost ~15 s of CI
     from mmrag.auth.keys import KeyStore
     from mmrag.store import LanceStore

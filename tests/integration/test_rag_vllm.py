@@ -43,6 +43,7 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
     from ray import serve
 
     from mmrag.ingest.pipeline import ingest
+    from mmrag.ingest.warm import WarmStages
     from mmrag.serve.run import run_app
 
     d = tmp_path_factory.mktemp("rag")
@@ -58,7 +59,8 @@ def rag(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory):
     }
     cfg = load_config("local-cpu", {**over, "models": {"generator": vlm}})
     assert cfg.generator.engine == "vllm"
-    summary = ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
+    # in this process with warm stages (Ray Data's start-up is test_ingest's to pay)
+    summary = ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs", runner=WarmStages(cfg))
     assert summary.pages == 11 and summary.clips == 1
     url = run_app(cfg)
     yield url, cfg

@@ -1,4 +1,5 @@
-"""The Serve app, for real: ingest with Ray Data, deploy retriever, reranker, generator and gateway on a local
+"""The Serve app, for real: ingest (with the warm stages that uploads use; Ray Data's own ingest is test_ingest's),
+deploy retriever, reranker, generator and gateway on a local
 Ray, and talk HTTP to /v1/search, /v1/answer, /v1/chat/completions (with the official openai client), the item
 image endpoints, the OpenAPI schema and Ray's Prometheus endpoint.
 
@@ -37,6 +38,7 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
     from ray import serve
 
     from mmrag.ingest.pipeline import ingest
+    from mmrag.ingest.warm import WarmStages
     from mmrag.serve.run import run_app
 
     d = tmp_path_factory.mktemp("serve")
@@ -62,8 +64,11 @@ def served(ray_local, mmrag_home: str, tmp_path_factory: pytest.TempPathFactory)
             },
         },
     )
-    ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs")
-    ingest([str(d / "coin.pdf")], cfg, collection="other")
+    # in this process with warm stages: Ray Data's start-up (~10 s a call) is test_ingest's and test_demo's to pay
+    warm = WarmStages(cfg)
+    ingest([str(d / "coin.pdf"), str(d / "cup.mp4")], cfg, collection="docs", runner=warm)
+    ingest([str(d / "coin.pdf")], cfg, collection="other", runner=warm)
+    del warm
     url = run_app(cfg)
     yield url, cfg, d
     serve.shutdown()
