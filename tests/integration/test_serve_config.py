@@ -1,5 +1,6 @@
 """deploy/serve/local-cpu.yaml, actually started: `serve run` in a subprocess (its own local Ray, as a user
-runs it) over a store that `mmrag ingest` filled, answering /v1/search."""
+runs it) over a store filled in this process by the warm ingest stages (no Ray here: `mmrag ingest` and its Ray Data
+run are test_ingest's), answering /v1/search."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from mmrag.config import load_config
+from mmrag.ingest.pipeline import ingest
+from mmrag.ingest.warm import WarmStages
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,14 +37,10 @@ def test_serve_run_local_cpu_config_answers_search(mmrag_home: str, tmp_path: Pa
     env["MMRAG_HOME"] = mmrag_home
     db = tmp_path / "db"
     shutil.copy(ROOT / "tests" / "data" / "coin.pdf", tmp_path / "coin.pdf")
-    ing = subprocess.run(
-        [sys.executable, "-m", "mmrag.cli.main", "ingest", str(tmp_path / "coin.pdf"), "--db", str(db), "--json"],
-        env={**env, "MMRAG_INGEST__OCR": "never"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert ing.returncode == 0, ing.stderr[-2000:]
+    # the models and ingest settings the served config uses (local-cpu's), OCR off
+    ing_cfg = load_config("local-cpu", {"store": {"uri": str(db)}, "ingest": {"ocr": "never"}}, use_env=False)
+    summary = ingest([str(tmp_path / "coin.pdf")], ing_cfg, runner=WarmStages(ing_cfg), calibrate=False)
+    assert summary.pages == 11 and not summary.errors, summary
 
     # The committed file, with only what this test must change: the store, the port, and no generator
     # (vLLM's start-up is covered elsewhere; search is what this config is checked for here).
