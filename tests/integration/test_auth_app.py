@@ -292,26 +292,31 @@ def test_generated_tokens_per_minute_are_counted_across_replicas(tenants) -> Non
 
 
 def test_gateway_replicas_hand_their_admission_limits_to_haproxy(tenants) -> None:
-    """Each replica's server in HAProxy's search and generation backends gets its gate's limit as maxconn (64
-    until a saturated second is measured), so that HAProxy refuses the overflow instead of Python."""
+    """Each gateway replica sets its server's maxconn in HAProxy's search and generation backends (HAProxy's own is 0,
+    unlimited), so that HAProxy refuses the overflow instead of Python. The value is the replica's gate limit: 64
+    (admission.initial_inflight) until the gate measures a saturated second, or less after a second whose p90 overran
+    the SLO (the first searches of a fresh replica can, on a loaded CI machine: it was 51 there). That the value
+    follows the gate exactly is tested against a real HAProxy in tests/unit/serve/test_proxy_limits.py."""
     import ray
 
     from mmrag.serve.proxy_limits import runtime_command, socket_path
 
     sock = socket_path(ray.get_runtime_context().get_node_id())
-    deadline = time.time() + 10
-    rows: list[list[str]] = []
+    deadline = time.time() + 15
+    gateways: list[list[str]] = []
+    set_by_replica = lambda v: v.isdigit() and 2 <= int(v) <= 64  # noqa: E731  (min_inflight .. initial_inflight)
     while time.time() < deadline:
         stat = runtime_command(sock, "show stat").lstrip("# ").splitlines()
         head = stat[0].split(",")
         px, sv, slim = head.index("pxname"), head.index("svname"), head.index("slim")
         rows = [r.split(",") for r in stat[1:] if "-mmrag-" in r and "SERVE_REPLICA" in r]
         gateways = [r for r in rows if "Gateway" in r[sv]]
-        if len(gateways) == 4 and all(r[slim] == "64" for r in gateways):
+        if len(gateways) == 4 and all(set_by_replica(r[slim]) for r in gateways):
             break
         time.sleep(0.5)
-    assert {(r[px].rsplit("-mmrag-", 1)[1], r[slim]) for r in rows} == {("search", "64"), ("generate", "64")}, rows
-    assert len({r[sv] for r in rows}) == 2, "both gateway replicas"
+    assert sorted(r[px].rsplit("-mmrag-", 1)[1] for r in gateways) == ["generate", "generate", "search", "search"]
+    assert len({r[sv] for r in gateways}) == 2, "both gateway replicas"
+    assert all(set_by_replica(r[slim]) for r in gateways), [(r[px], r[sv], r[slim]) for r in gateways]
 
 
 def test_video_summaries_are_scoped(tenants) -> None:
