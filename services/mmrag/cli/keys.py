@@ -22,10 +22,10 @@ ProfileOpt = Annotated[
 
 def _keys(profile: str | None, db: str | None):
     from mmrag.auth.keys import KeyStore
-    from mmrag.cli.main import _with_db
+    from mmrag.cli.common import with_db
     from mmrag.store import LanceStore
 
-    return KeyStore(LanceStore.from_config(_with_db(profile, db).store))
+    return KeyStore(LanceStore.from_config(with_db(profile, db).store))
 
 
 def _fail(e: Exception) -> typer.Exit:

@@ -6,7 +6,6 @@ Python API the tests use; heavy libraries are imported only inside the command t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from importlib import metadata
@@ -14,14 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
-from rich.console import Console
 
 from mmrag import __version__
 from mmrag.bench.cli import bench_app  # load, selftest, ingest, retrieval (issue #7); light to import
+from mmrag.cli.common import CollectionOpt, DbOpt, JsonOpt, ProfileOpt, config_or_exit, console, with_db
+from mmrag.cli.config_cmd import config_app
+from mmrag.cli.demo import demo
+from mmrag.cli.eval_cmd import eval_cmd
 from mmrag.cli.keys import keys_app
+from mmrag.cli.models import models_app
 from mmrag.cli.store import store_app
-from mmrag.config import ConfigError, MmragConfig, load_config
+from mmrag.cli.summarize import summarize
 
 app = typer.Typer(
     name="mmrag",
@@ -30,31 +32,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="Build and inspect model checkpoints.", no_args_is_help=True)
-config_app = typer.Typer(help="Show, validate and describe the config tree.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.add_typer(store_app, name="store")
-
-console = Console(stderr=True)
-
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--profile", "-p", help="Profile name in deploy/profiles (local-cpu, gpu) or a YAML path.", show_default=False
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def _config(profile: str | None, overrides: dict[str, Any] | None = None) -> MmragConfig:
-    try:
-        return load_config(profile, overrides)
-    except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
-        raise typer.Exit(2) from e
 
 
 def _dist_version(*names: str) -> str | None:
@@ -89,94 +71,6 @@ def version(as_json: JsonOpt = False) -> None:
         typer.echo(f"{k:16} {v or 'not installed'}")
 
 
-# ------------------------------------------------------------------------------------- config
-@config_app.command("show")
-def config_show(profile: ProfileOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the effective config: profile + MMRAG_* environment overrides, validated."""
-    cfg = _config(profile)
-    data = cfg.model_dump(mode="json")
-    typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))
-
-
-@config_app.command("validate")
-def config_validate(path: Annotated[Path, typer.Argument(help="YAML file holding an mmrag config tree.")]) -> None:
-    """Validate a config file; exit 2 with the bad fields named when it does not validate."""
-    cfg = _config(str(path))
-    typer.echo(f"ok: {path} is a valid mmrag config (profile {cfg.profile})")
-
-
-@config_app.command("schema")
-def config_schema() -> None:
-    """Print the JSON schema of the config tree (every field with its description)."""
-    typer.echo(json.dumps(MmragConfig.model_json_schema(), indent=2))
-
-
-# ------------------------------------------------------------------------------------- models
-@models_app.command("build-tiny")
-def models_build_tiny(
-    out: Annotated[Path | None, typer.Option("--out", help="Target directory (default: models.tiny_dir).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a verified build exists.")] = False,
-    profile: ProfileOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Build the tiny random-weight checkpoints offline (idempotent): ColQwen2, Qwen2-VL and a cross-encoder
-    (local-cpu), and the gpu profile's architectures for gpu-tiny: a ColQwen2.5 LoRA adapter over its base, and a
-    Qwen2.5-VL."""
-    from mmrag.models.tiny import build_tiny
-
-    target = out or Path(_config(profile).models.tiny_dir)
-    with console.status(f"building tiny checkpoints in {target} ..."):
-        report = build_tiny(target, force=force)
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    for name, info in report.items():
-        typer.echo(f"{name:16} {info['status']:8} {info['path']}")
-
-
-@models_app.command("build")
-def models_build(
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when a verified build exists.")] = False,
-    profile: ProfileOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Prepare every offline model the profile needs (idempotent): the tiny random-weight checkpoints and the real
-    ones converted from installed packages (real:smollm2-135m-instruct), into models.tiny_dir / models.real_dir."""
-    from mmrag.models.prepare import prepare_models
-
-    cfg = _config(profile)
-    try:
-        with console.status("preparing models ..."):
-            report = prepare_models(cfg, force=force)
-    except (RuntimeError, ValueError) as e:  # a missing package: the message names it and the install command
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(1) from e
-    if as_json:
-        typer.echo(json.dumps(report))
-        return
-    for info in report:
-        typer.echo(f"{info['model']:32} {info['kind']:22} {info['path']}")
-
-
-# ----------------------------------------------------------------------------------- not yet
-def _not_yet(what: str, issue: int) -> None:
-    console.print(
-        f"[yellow]mmrag {what} is not available in this build yet[/yellow] (tracked in issue #{issue}).",
-        markup=True,
-    )
-    raise typer.Exit(3)
-
-
-DbOpt = Annotated[str | None, typer.Option("--db", help="LanceDB URI (overrides store.uri).", show_default=False)]
-CollectionOpt = Annotated[
-    str | None, typer.Option("--collection", "-c", help="Collection (default: store.default_collection).")
-]
-
-
-def _with_db(profile: str | None, db: str | None) -> MmragConfig:
-    return _config(profile, {"store": {"uri": db}} if db else None)
-
-
 @app.command()
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, directories, globs or object-store URIs.")],
@@ -202,7 +96,7 @@ def ingest(
 
     from mmrag.ingest.pipeline import ingest as run_ingest
 
-    cfg = _with_db(profile, db)
+    cfg = with_db(profile, db)
     if follow_symlinks:
         cfg = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"follow_symlinks": True})})
     columns = [
@@ -301,7 +195,7 @@ def stats(db: DbOpt = None, profile: ProfileOpt = None, as_json: JsonOpt = False
     """Show what a store holds: items per collection and modality, documents, errors."""
     from mmrag.store import LanceStore
 
-    cfg = _with_db(profile, db)
+    cfg = with_db(profile, db)
     store = LanceStore.from_config(cfg.store)
     info = store.stats()
     cal = store.calibrations()
@@ -356,7 +250,7 @@ def calibrate(
     from mmrag.store import LanceStore
     from mmrag.store import schema as S
 
-    cfg = _with_db(profile, db)
+    cfg = with_db(profile, db)
     name = collection or cfg.store.default_collection
     try:
         S.validate_collection(name)
@@ -386,7 +280,7 @@ def delete(
     from mmrag.store import LanceStore
     from mmrag.store.lease import LeaseHeldError, WriterLease
 
-    cfg = _with_db(profile, db)
+    cfg = with_db(profile, db)
     store = LanceStore.from_config(cfg.store)
     coll = collection or cfg.store.default_collection
     missing = 0
@@ -464,7 +358,7 @@ def search(
     else:
         from mmrag.search import LocalSearcher
 
-        cfg = _with_db(profile, db)
+        cfg = with_db(profile, db)
         try:
             searcher = LocalSearcher(cfg)
             hits = searcher.search(
@@ -517,7 +411,7 @@ def serve(
         server["port"] = port
     if server:
         overrides["server"] = server
-    cfg = _config(profile, overrides or None)
+    cfg = config_or_exit(profile, overrides or None)
     from mmrag.serve.run import exposure_warning, metrics_url
 
     if (warning := exposure_warning(cfg)) is not None:
@@ -547,7 +441,7 @@ def serve(
 def _default_url(profile: str | None) -> str:
     from mmrag.serve.run import base_url
 
-    return base_url(_config(profile))
+    return base_url(config_or_exit(profile))
 
 
 @app.command()
@@ -602,222 +496,10 @@ def ask(
     )
 
 
-def _json_channel() -> Any:
-    """A file on the real stdout for the one JSON document, with file descriptor 1 pointed at stderr for the
-    rest of the process: vLLM's and Ray's loggers (and their exit handlers) write to stdout."""
-    import os
-
-    sys.stdout.flush()
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    return out
-
-
-@app.command()
-def demo(
-    profile: ProfileOpt = None,
-    question: Annotated[str | None, typer.Option("--question", "-q", help="What to ask.")] = None,
-    db: Annotated[
-        str | None, typer.Option("--db", help="Store for the demo (default: $MMRAG_HOME/demo/lancedb).")
-    ] = None,
-    keep_serving: Annotated[
-        bool, typer.Option("--keep-serving", help="Keep the app up after the answer until Ctrl-C.")
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show Ray's, Serve's and vLLM's own output here, not in a log file.")
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """The main job on the embedded default: prepare the offline models, ingest the bundled sample PDF and video,
-    serve the app on a local Ray, ask a question, print the cited answer, shut down."""
-    from rich.console import Console
-
-    from mmrag.client import ServerError, describe_citation
-    from mmrag.demo import (
-        DEFAULT_QUESTION,
-        NOISE_NOTICE,
-        SMALL_MODEL_NOTICE,
-        default_log_path,
-        describe_models,
-        generator_is_noise,
-        output_to_log,
-        run_demo,
-    )
-    from mmrag.lifetime import guarded
-
-    cfg = _config(profile)
-    json_out = _json_channel() if as_json else None  # the only way to the real stdout from here on
-    log_path = None if verbose else default_log_path()
-    with contextlib.ExitStack() as stack:
-        # first in, last out: its reaper keeps the real stderr, and nothing the demo started outlives it
-        guard = stack.enter_context(guarded(cfg.server.stop_timeout_s))
-        out, err = (sys.stdout, sys.stderr) if log_path is None else stack.enter_context(output_to_log(log_path))
-        term = Console(file=err, highlight=False, soft_wrap=True)
-
-        def say(line: str) -> None:
-            term.print(line, markup=False)
-
-        guard.say = say
-
-        def on_token(text: str) -> None:
-            if not as_json:
-                out.write(text)
-                out.flush()
-
-        def block(url: str) -> None:
-            say(f"serving on {url} (try: mmrag ask 'QUESTION' --url {url} -c demo); Ctrl-C stops it")
-            with contextlib.suppress(KeyboardInterrupt):
-                import threading
-
-                threading.Event().wait()
-
-        noise = generator_is_noise(cfg)
-        for line in describe_models(cfg):
-            say(line)
-        if cfg.generator.engine == "vllm":
-            say("note: " + (NOISE_NOTICE if noise else SMALL_MODEL_NOTICE))
-        if log_path is not None:
-            say(f"Ray, Serve and vLLM output: {log_path} and Ray's session logs (--verbose shows it here)")
-        if not as_json:
-            say("")
-        try:
-            result = run_demo(
-                cfg,
-                db=db,
-                question=question or DEFAULT_QUESTION,
-                say=say,
-                on_token=on_token,
-                keep_serving=block if keep_serving else None,
-            )
-        except (ServerError, ValueError, RuntimeError) as e:
-            term.print(f"[red]error:[/red] {e}", markup=True)
-            if log_path is not None:
-                say(f"(details in {log_path})")
-            raise typer.Exit(1) from e
-        say("shut down: the app and the local Ray are stopped")
-    if json_out is not None:
-        doc = {
-            "question": result.question,
-            **result.answer,
-            "ingest": result.ingest,
-            "seconds": result.seconds,
-            "generator_is_noise": noise,
-            "models": describe_models(cfg),
-            "log": str(log_path) if log_path else None,
-        }
-        json_out.write(json.dumps(doc) + "\n")
-        json_out.flush()
-        return
-    typer.echo("\n\nSources:")
-    for c in result.answer["citations"]:
-        typer.echo("  " + describe_citation(c))
-    if noise:
-        typer.echo(
-            "\n(The answer above comes from a tiny random-weight model: its words are noise. See the note above.)"
-        )
-
-
-# --------------------------------------------------------------------------------------------------- eval
-@app.command("eval")
-def eval_cmd(
-    queries: Annotated[
-        Path | None, typer.Option("--queries", "-q", help="queries.jsonl: {id, query[, answer, kind]} a line.")
-    ] = None,
-    qrels: Annotated[
-        Path | None,
-        typer.Option(
-            "--qrels", help="qrels.jsonl: {query_id, relevance, item_id | source + page | source + start_s/end_s}."
-        ),
-    ] = None,
-    collection: CollectionOpt = None,
-    url: Annotated[str | None, typer.Option("--url", help="Evaluate a running server instead of in-process.")] = None,
-    runs: Annotated[
-        str | None,
-        typer.Option(
-            "--runs",
-            help="Comma-separated runs: visual, bm25, dense, fused, fused+rerank, default (all by default), "
-            "or NAME=MODE[:true|false|default].",
-        ),
-    ] = None,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Hits per search (the @10 metrics need 10).")] = 10,
-    out: Annotated[Path | None, typer.Option("--out", help="Write eval.json and eval.md into this folder.")] = None,
-    answers: Annotated[
-        bool, typer.Option("--answers", help="Also score /v1/answer (cited precision, token F1); needs --url.")
-    ] = False,
-    import_vidore: Annotated[
-        Path | None,
-        typer.Option(
-            "--import-vidore",
-            help="Convert a ViDoRe/BEIR dataset folder (or parquet) into queries.jsonl + qrels.jsonl in --out, "
-            "then stop.",
-        ),
-    ] = None,
-    db: DbOpt = None,
-    profile: ProfileOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Score retrieval quality against relevance judgements: nDCG@5/10, recall@5/10, MRR@10 and latency per
-    run (search mode + rerank), in-process or against a server (--url)."""
-    from mmrag.eval import EvalInputError, markdown, parse_runs, run_eval, write_report
-
-    def fail(e: Exception) -> typer.Exit:
-        console.print(f"[red]error:[/red] {e}", highlight=False)
-        return typer.Exit(2)
-
-    if import_vidore is not None:
-        from mmrag.eval.vidore import import_vidore as convert
-
-        if out is None:
-            raise fail(ValueError("--import-vidore needs --out DIR for the converted files"))
-        try:
-            info = convert(import_vidore, out)
-        except (EvalInputError, OSError) as e:
-            raise fail(e) from e
-        if as_json:
-            typer.echo(json.dumps(info))
-        else:
-            typer.echo(
-                f"wrote {info['queries']} ({info['n_queries']} queries) and {info['qrels']} ({info['n_qrels']} qrels)"
-            )
-            if info["corpus"]:
-                typer.echo(f"ingest the images first: mmrag ingest {info['corpus']}")
-        return
-    if queries is None or qrels is None:
-        raise fail(ValueError("give --queries and --qrels (or --import-vidore DIR --out OUT)"))
-    if answers and not url:
-        raise fail(ValueError("--answers needs a server with a generator: give --url"))
-    try:
-        specs = parse_runs(runs)
-    except ValueError as e:
-        raise fail(e) from e
-    cfg = _with_db(profile, db) if url is None or profile or db else None
-    try:
-        report = run_eval(
-            queries,
-            qrels,
-            cfg=cfg,
-            url=url,
-            collection=collection,
-            runs=specs,
-            k=k,
-            answers=answers,
-            argv=sys.argv[1:],
-            progress=lambda msg: console.print(msg, highlight=False, markup=False),
-        )
-    except ValueError as e:  # EvalInputError included: it names the file and line
-        raise fail(e) from e
-    if out is not None:
-        md = write_report(report, out / "eval.json")
-        console.print(f"wrote {out / 'eval.json'} and {md}", highlight=False)
-    if as_json:
-        typer.echo(json.dumps(report, default=str))
-    else:
-        typer.echo(markdown(report))
-
-
-from mmrag.cli.summarize import summarize as _summarize  # noqa: E402  (its own room: this module is long)
-
-app.command(name="summarize")(_summarize)
+# commands that live in rooms of their own (cli/<name>.py), listed by --help after the ones above
+app.command(name="demo")(demo)
+app.command(name="eval")(eval_cmd)
+app.command(name="summarize")(summarize)
 
 
 def main() -> None:

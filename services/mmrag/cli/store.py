@@ -46,11 +46,11 @@ def store_optimize(
 ) -> None:
     """Compact small fragments, remove old versions and refresh the indexes of every table in the store. Takes the
     store's writer lease, so it refuses to run while an ingestion (or another optimize) writes the store."""
-    from mmrag.cli.main import _with_db
+    from mmrag.cli.common import with_db
     from mmrag.store import LanceStore, StoreError
     from mmrag.store.lease import WriterLease
 
-    cfg = _with_db(profile, db)
+    cfg = with_db(profile, db)
     keep_s = parse_duration(older_than) if older_than is not None else cfg.store.writer.keep_versions_s
     store = LanceStore.from_config(cfg.store)
     try:

@@ -89,12 +89,12 @@ def summarize(
     the whole video, streamed as the generator writes them."""
     from rich.console import Console
 
-    from mmrag.cli.main import _config
+    from mmrag.cli.common import config_or_exit
     from mmrag.client import ServerError, clock, describe_chapter
     from mmrag.client import summarize as summarize_server
 
     console = Console(stderr=True)
-    cfg = _config(profile, {"store": {"uri": db}} if db else None)
+    cfg = config_or_exit(profile, {"store": {"uri": db}} if db else None)
     doc_id = target
     if not (DOC_ID_RE.match(target) and not Path(target).exists()):
         from mmrag.store import LanceStore
