@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-import mmrag.store.lance_store as lance_store
+import mmrag.store.upkeep as upkeep
 from mmrag.cli.main import app
 from mmrag.store import FinishedDocument, LanceStore
 from mmrag.store import schema as S
@@ -71,7 +71,7 @@ def _visible(store: LanceStore) -> tuple[int, list[str], int]:
 def store(tmp_path, monkeypatch) -> LanceStore:
     # the versions here are milliseconds apart: a shorter margin than production's, and the last versions of the
     # tables made after it, so that the versions before them are old enough for a cleanup to remove
-    monkeypatch.setattr(lance_store, "CLOCK_MARGIN_S", 0.3)
+    monkeypatch.setattr(upkeep, "CLOCK_MARGIN_S", 0.3)
     s = LanceStore(str(tmp_path / "db"))
     s.ensure_tables(DIM)
     _ingest_small(s)
@@ -110,9 +110,9 @@ def test_versions_within_the_retention_are_kept(store: LanceStore) -> None:
 def test_the_cleanup_cutoff_keeps_the_version_current_when_the_window_began() -> None:
     now = dt.datetime.now()
     versions = [{"version": i, "timestamp": now - dt.timedelta(hours=h)} for i, h in enumerate((5, 3, 2, 0.5))]
-    cutoff = lance_store._cleanup_cutoff(versions, 3600).total_seconds()
+    cutoff = upkeep._cleanup_cutoff(versions, 3600).total_seconds()
     assert 2 * 3600 < cutoff < 3 * 3600  # keeps the 2 h old version (current until 0.5 h ago), removes older ones
-    assert lance_store._cleanup_cutoff(versions[-1:], 3600).total_seconds() >= 3600
+    assert upkeep._cleanup_cutoff(versions[-1:], 3600).total_seconds() >= 3600
 
 
 def test_cli_store_optimize_prints_before_and_after(store: LanceStore) -> None:
